@@ -1,0 +1,120 @@
+"""MusiGAN's data side of the model: AudioDataset serves normalized chunks of the training set.
+
+    from piano_model import AudioDataset
+    train = AudioDataset.from_dataset_dir("dataset", "training", seq_len=16500)
+    target_norm, target_mean, target_std = train[0]   # (C, seq_len), (1, 1), (1, 1), float32
+    waveform = target_norm * target_std + target_mean  # undoes the normalization (times peak: raw scale)
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from create_dataset import SPLIT_FILES, DatasetError, load_dataset_info
+from split_and_append_chunks import split_and_append_chunks
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Chunks of a (pairs, 2, C, T) dataset, each divided by the global peak, then standardized.
+
+    Item i is chunk i of split_and_append_chunks(pairs): (target_norm (C, seq_len), target_mean (1, 1),
+    target_std (1, 1)), all float32. The mean and std are taken over the whole chunk (both channels, so
+    the stereo balance survives). When a chunk is longer than seq_len, a random crop of seq_len samples
+    is taken (random_crop=False takes the start, for repeatable validation); crops use torch's RNG, so
+    torch.manual_seed and DataLoader worker seeding make them reproducible.
+
+    `data` is the path of a .npy written by create_dataset.py, or an array of pairs (N, 2, C, T) or
+    chunks (M, C, T). A path is opened with np.load(mmap_mode="r"), and crops are then read with
+    positioned file reads at the offsets the memory map reports: only the crop ever enters the process,
+    so a DataLoader worker's RSS stays flat however large the dataset is (reading through the mapping
+    would leave every touched page resident in the worker). The dataset pickles to its path, so spawned
+    DataLoader workers never copy the array.
+    """
+
+    def __init__(self, data, seq_len, peak=1.0, random_crop=True, min_std=1e-4):
+        self.seq_len = int(seq_len)
+        self.peak = float(peak)
+        self.random_crop = random_crop
+        self.min_std = min_std  # a silent chunk stays silent instead of becoming amplified noise
+        self.path = None
+        self._file = None
+        if isinstance(data, (str, os.PathLike)):
+            self.path = os.fspath(data)
+            self._open_layout()
+        else:
+            array = np.asarray(data)
+            self.chunks = split_and_append_chunks(array) if array.ndim == 4 else array
+            if self.chunks.ndim != 3:
+                raise ValueError(f"expected pairs (N, 2, C, T) or chunks (M, C, T), got shape {array.shape}")
+            self.n_chunks, self.channels, self.chunk_samples = self.chunks.shape
+        if not 0 < self.peak < float("inf"):
+            raise ValueError(f"peak must be a positive number, got {peak}")
+        if self.seq_len < 1 or self.seq_len > self.chunk_samples:
+            raise DatasetError(
+                f"seq_len {self.seq_len} does not fit the dataset's chunks of {self.chunk_samples} samples"
+                + (f" ({self.path})" if self.path else "")
+                + "; lower model.seq_len, or rebuild the dataset with a longer --chunk-seconds"
+            )
+
+    @classmethod
+    def from_dataset_dir(cls, dataset_dir, split, seq_len, random_crop=None, **kwargs):
+        """The `split` ("training" or "validation") of a folder written by create_dataset.py."""
+        if split not in SPLIT_FILES:
+            raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+        info = load_dataset_info(dataset_dir)
+        if random_crop is None:
+            random_crop = split == "training"
+        dataset = cls(os.path.join(dataset_dir, SPLIT_FILES[split]), seq_len, peak=info["peak"],
+                      random_crop=random_crop, **kwargs)
+        dataset.info = info
+        return dataset
+
+    def _open_layout(self):
+        try:
+            pairs = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"{self.path} cannot be opened as a dataset array ({e}); rebuild it with "
+                               f"create_dataset.py") from e
+        if pairs.dtype != np.float16 or pairs.ndim != 4 or pairs.shape[1] != 2 or not pairs.flags.c_contiguous:
+            raise DatasetError(f"{self.path} holds {pairs.dtype} {pairs.shape}; expected contiguous float16 "
+                               f"(pairs, 2, channels, samples) as create_dataset.py writes it")
+        chunks = split_and_append_chunks(pairs)
+        self.n_chunks, self.channels, self.chunk_samples = chunks.shape
+        self._data_offset = pairs.offset
+        self.chunks = None  # read through the file, see the class docstring
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state
+
+    def __len__(self):
+        return self.n_chunks
+
+    def _read(self, index, start):
+        """Samples [start, start + seq_len) of every channel of chunk `index`, as float32 (C, seq_len)."""
+        if self.chunks is not None:
+            return np.asarray(self.chunks[index, :, start:start + self.seq_len], dtype=np.float32)
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)
+        out = np.empty((self.channels, self.seq_len), dtype=np.float16)
+        row = self.chunk_samples * 2  # bytes per channel of one chunk
+        for channel in range(self.channels):
+            offset = self._data_offset + (index * self.channels + channel) * row + start * 2
+            self._file.seek(offset)
+            if self._file.readinto(out[channel]) != self.seq_len * 2:
+                raise DatasetError(f"{self.path} is shorter than its header says; rebuild it with create_dataset.py")
+        return out.astype(np.float32)
+
+    def __getitem__(self, index):
+        if not -self.n_chunks <= index < self.n_chunks:
+            raise IndexError(f"chunk {index} out of range for {self.n_chunks} chunks")
+        index %= self.n_chunks
+        start = 0
+        if self.random_crop and self.chunk_samples > self.seq_len:
+            start = int(torch.randint(0, self.chunk_samples - self.seq_len + 1, ()))
+        target = torch.from_numpy(self._read(index, start)) / self.peak  # (C, seq_len)
+        target_mean = target.mean().view(1, 1)
+        target_std = target.std(correction=0).clamp_min(self.min_std).view(1, 1)
+        return (target - target_mean) / target_std, target_mean, target_std

@@ -1,0 +1,49 @@
+"""Shared helpers: short, music-like audio synthesized and encoded in tmp_path, so tests run anywhere."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project is flat scripts, not a package
+
+
+def synth_song(seconds, sample_rate=8000, channels=2, seed=0):
+    """A melody of decaying, slightly inharmonic piano-like notes; float32 (samples, channels) in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    out = np.zeros((n, channels), np.float32)
+    t_note = np.arange(int(0.6 * sample_rate)) / sample_rate
+    start = 0
+    while start < n:
+        f0 = 110 * 2 ** (rng.integers(0, 36) / 12)
+        note = sum(np.sin(2 * np.pi * f0 * k * np.sqrt(1 + 4e-4 * k * k) * t_note) * np.exp(-t_note * (2 + k)) / k
+                   for k in range(1, 5))
+        pan = rng.uniform(0.2, 0.8)
+        gains = [1 - pan, pan][:channels] if channels <= 2 else rng.uniform(0.2, 1, channels)
+        end = min(n, start + len(note))
+        for c in range(channels):
+            out[start:end, c] += 0.4 * gains[c] * note[:end - start]
+        start += int(rng.integers(1, 4) * 0.15 * sample_rate)
+    return out / max(1.0, np.abs(out).max() / 0.9)
+
+
+def write_audio(path, audio, sample_rate):
+    """Encode (samples, channels) float32 audio to path with ffmpeg; the format follows the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(sample_rate),
+                    "-ac", str(audio.shape[1]), "-i", "-", str(path)],
+                   input=np.ascontiguousarray(audio, np.float32).tobytes(), check=True)
+    return path
+
+
+@pytest.fixture
+def make_song():
+    """make_song(path, seconds, channels=2, seed=0, sample_rate=16000) writes a song and returns its path."""
+    def make(path, seconds, channels=2, seed=0, sample_rate=16000):
+        return write_audio(path, synth_song(seconds, sample_rate, channels, seed), sample_rate)
+    return make
