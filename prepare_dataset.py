@@ -5,7 +5,8 @@
     python prepare_dataset.py ~/Music --out prepared --clip-seconds 60 --max-clips-per-song 2
 
 Every song found under MUSIC_DIR (recursively, any letter case) is decoded with ffmpeg, resampled
-to --sample-rate and made stereo (mono is duplicated, more channels are mixed down). It is cut into
+to --sample-rate and made stereo (mono is copied to both channels, at -3 dB each as ffmpeg pans it;
+more channels are mixed down). It is cut into
 non-overlapping windows of exactly --clip-seconds; each window becomes one float16 [2, samples] .npy
 file in --out, and manifest.json records where every clip came from.
 
@@ -127,6 +128,80 @@ def read_exactly(stream, buffer):
     return filled
 
 
+def ffmpeg_windows(path, sample_rate, clip_samples, outcome):
+    """Yield each full window of the song as float32 (clip_samples, 2), decoded by an ffmpeg process.
+
+    The song streams through a one-window buffer, so memory does not grow with its length. Fills
+    `outcome` with seconds decoded, whether the decoder failed, and what it printed.
+    """
+    clip_bytes = clip_samples * CHANNELS * 4
+    buffer = bytearray(clip_bytes)
+    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a chatty ffmpeg never blocks
+        proc = subprocess.Popen(ffmpeg_command(path, sample_rate), stdout=subprocess.PIPE,
+                                stderr=stderr_file, bufsize=0)
+        finished = False
+        try:
+            while True:
+                got = read_exactly(proc.stdout, buffer)
+                outcome["seconds"] += got / (CHANNELS * 4 * sample_rate)
+                if got < clip_bytes:
+                    finished = True
+                    break  # the remainder is shorter than a window: dropped, as the design says
+                yield np.frombuffer(buffer, dtype=np.float32).reshape(clip_samples, CHANNELS)
+        finally:  # also when the consumer stops early (--max-clips-per-song)
+            if not finished:
+                proc.kill()
+            proc.stdout.close()
+            returncode = proc.wait()
+            stderr_file.seek(0)
+            outcome["log"] = stderr_file.read().decode("utf-8", "replace").strip()
+            outcome["failed"] = finished and returncode != 0
+
+
+def soundfile_windows(path, sample_rate, clip_samples, outcome):
+    """The same as ffmpeg_windows, decoded by libsndfile and resampled by soxr.
+
+    The fallback for files whose headers ffmpeg rejects (some Ogg Vorbis files libsndfile reads).
+    Mono goes to both channels at -3 dB, as with ffmpeg; more than two channels are mixed as
+    even-numbered to the left, odd-numbered to the right.
+    """
+    import soundfile
+    import soxr
+
+    try:
+        source = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+        outcome.update(failed=True, log=str(e))
+        return
+    with source:
+        resampler = soxr.ResampleStream(source.samplerate, sample_rate, CHANNELS, dtype="float32")
+        window = np.empty((clip_samples, CHANNELS), np.float32)
+        filled = 0
+        while True:
+            try:
+                block = source.read(max(1, clip_samples * source.samplerate // sample_rate // 4),
+                                    dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as e:
+                outcome.update(failed=True, log=str(e))
+                block = np.empty((0, source.channels), np.float32)
+            last = len(block) == 0
+            if block.shape[1] == 1:  # both channels at -3 dB, as ffmpeg's -ac 2 does it
+                block = np.repeat(block * np.float32(np.sqrt(0.5)), CHANNELS, axis=1)
+            elif block.shape[1] > CHANNELS:
+                block = np.stack([block[:, 0::2].mean(1), block[:, 1::2].mean(1)], axis=1)
+            resampled = resampler.resample_chunk(np.ascontiguousarray(block), last=last)
+            outcome["seconds"] += len(resampled) / sample_rate
+            while len(resampled):
+                take = min(clip_samples - filled, len(resampled))
+                window[filled:filled + take] = resampled[:take]
+                filled, resampled = filled + take, resampled[take:]
+                if filled == clip_samples:
+                    yield window
+                    filled = 0
+            if last:
+                return
+
+
 def convert_song(task):
     """Decode one song into clips in out_dir. Returns a result dict; never raises for bad audio."""
     path, source_rel, out_dir, sample_rate, clip_samples, max_clips = task
@@ -137,62 +212,55 @@ def convert_song(task):
         result["reason"] = "empty file"
         return result
 
-    clip_bytes = clip_samples * CHANNELS * 4
-    buffer = bytearray(clip_bytes)
-    window = 0
-    stopped_early = False
-    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a chatty ffmpeg never blocks
-        proc = subprocess.Popen(ffmpeg_command(path, sample_rate), stdout=subprocess.PIPE,
-                                stderr=stderr_file, bufsize=0)
-        try:
-            while True:
-                got = read_exactly(proc.stdout, buffer)
-                result["seconds_decoded"] += got / (CHANNELS * 4 * sample_rate)
-                if got < clip_bytes:
-                    break  # the remainder is shorter than a window: dropped, as the design says
-                interleaved = np.frombuffer(buffer, dtype=np.float32).reshape(clip_samples, CHANNELS)
-                peak = float(np.abs(interleaved).max())
-                if not np.isfinite(peak):
-                    result["reason"] = "corrupt: the decoder produced NaN or Inf samples"
-                    break
-                if peak < SILENCE_PEAK:
-                    result["silent_windows"] += 1
-                else:
-                    name = clip_file_name(source_rel, window)
-                    save_atomically(Path(out_dir, name), interleaved.T.astype(np.float16))
-                    result["clips"].append({"file": name, "window": window, "peak": round(peak, 6)})
-                window += 1
-                if max_clips and len(result["clips"]) >= max_clips:
-                    stopped_early = True
-                    break
-        finally:
-            if proc.poll() is None and stopped_early:
-                proc.kill()
-            proc.stdout.close()
-            returncode = proc.wait()
-        stderr_file.seek(0)
-        stderr_text = stderr_file.read().decode("utf-8", "replace")
+    outcome = {"seconds": 0.0, "failed": False, "log": ""}
+    cut_clips(ffmpeg_windows(path, sample_rate, clip_samples, outcome), source_rel, out_dir, max_clips, result)
+    no_stream = "matches no streams" in outcome["log"] or "does not contain any stream" in outcome["log"]
+    if outcome["failed"] and outcome["seconds"] == 0 and not no_stream:
+        fallback = {"seconds": 0.0, "failed": False, "log": ""}
+        cut_clips(soundfile_windows(path, sample_rate, clip_samples, fallback), source_rel, out_dir, max_clips, result)
+        if fallback["seconds"] > 0:
+            outcome = fallback
+            result["note"] = "ffmpeg could not read it; decoded with libsndfile instead"
 
-    decoded = result["seconds_decoded"]
-    failed = returncode != 0 and not stopped_early
+    decoded = result["seconds_decoded"] = outcome["seconds"]
     if result["reason"]:  # NaN output: do not trust the clips already written either
         for clip in result["clips"]:
             Path(out_dir, clip["file"]).unlink(missing_ok=True)
         result["clips"] = []
     elif result["clips"]:
-        if failed or stderr_text.strip():
-            result["note"] = f"decoder reported errors after {decoded:.1f} s; kept the full windows before them"
-    elif failed and decoded == 0:
-        if "matches no streams" in stderr_text or "does not contain any stream" in stderr_text:
-            result["reason"] = "not audio: the file has no audio stream"
-        else:
-            result["reason"] = f"not audio or corrupt: ffmpeg cannot decode it ({describe_ffmpeg_error(stderr_text)})"
+        if outcome["failed"]:
+            result["note"] = (f"decoding stopped on an error after {decoded:.1f} s "
+                              f"({describe_ffmpeg_error(outcome['log'])}); kept the full windows before it")
+        elif outcome["log"]:
+            result["note"] = f"decoded {decoded:.1f} s with warnings ({describe_ffmpeg_error(outcome['log'])})"
+    elif no_stream:
+        result["reason"] = "not audio: the file has no audio stream"
+    elif outcome["failed"] and decoded == 0:
+        result["reason"] = f"not audio or corrupt: ffmpeg cannot decode it ({describe_ffmpeg_error(outcome['log'])})"
     elif decoded * sample_rate < clip_samples:
-        damaged = " (decoding stopped on an error)" if failed else ""
+        damaged = " (decoding stopped on an error)" if outcome["failed"] else ""
         result["reason"] = f"too short: {decoded:.1f} s < {clip_samples / sample_rate:g} s{damaged}"
     else:
         result["reason"] = "silent: every window is below -80 dBFS"
     return result
+
+
+def cut_clips(windows, source_rel, out_dir, max_clips, result):
+    """Save each non-silent window from `windows` as a float16 (2, samples) clip; record it in result."""
+    for window_index, interleaved in enumerate(windows):  # (clip_samples, 2) float32
+        peak = float(np.abs(interleaved).max())
+        if not np.isfinite(peak):
+            result["reason"] = "corrupt: the decoder produced NaN or Inf samples"
+            break
+        if peak < SILENCE_PEAK:
+            result["silent_windows"] += 1
+            continue
+        name = clip_file_name(source_rel, window_index)
+        save_atomically(Path(out_dir, name), interleaved.T.astype(np.float16))
+        result["clips"].append({"file": name, "window": window_index, "peak": round(peak, 6)})
+        if max_clips and len(result["clips"]) >= max_clips:
+            break
+    windows.close()  # stops the decoder now, not whenever the generator is collected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,11 +299,11 @@ def write_manifest(path, settings, sources):
                           "sample_rate": settings["sample_rate"], "channels": settings["channels"],
                           "samples": settings["clip_samples"], "peak": clip["peak"],
                           "source_size": r["source_size"], "source_mtime": r["source_mtime"]})
+            if r.get("note"):  # how the song was decoded, if not plainly
+                clips[-1]["note"] = r["note"]
         if r.get("reason"):
             skipped.append({"source": source_rel, "reason": r["reason"], "source_size": r["source_size"],
                             "source_mtime": r["source_mtime"]})
-        elif r.get("note"):
-            clips[-1]["note"] = r["note"]
     manifest = {"format_version": MANIFEST_VERSION, "settings": settings, "clips": clips, "skipped": skipped}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")

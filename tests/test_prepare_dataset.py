@@ -205,3 +205,27 @@ def test_two_workers_give_the_same_clips_as_one(tmp_path, make_song):
     assert serial["clips"] == parallel["clips"]
     for clip in serial["clips"]:
         assert np.array_equal(np.load(tmp_path / "p1" / clip["file"]), np.load(tmp_path / "p2" / clip["file"]))
+
+
+def test_files_ffmpeg_cannot_open_are_decoded_with_libsndfile(tmp_path, make_song, monkeypatch):
+    make_song(tmp_path / "music" / "stereo.flac", 4.5, seed=1)
+    make_song(tmp_path / "music" / "mono.ogg", 2.5, channels=1, seed=2)
+    _, reference = run_prepare(tmp_path / "music", tmp_path / "by_ffmpeg", "--extensions", "flac,ogg")
+    # As if ffmpeg's demuxer rejected every file (it does so for some real Ogg Vorbis headers).
+    monkeypatch.setattr(prepare_dataset, "ffmpeg_command",
+                        lambda path, rate: ["ffmpeg", "-v", "error", "-f", "no_such_format", "-i", str(path), "-"])
+
+    code, manifest = run_prepare(tmp_path / "music", tmp_path / "by_libsndfile", "--extensions", "flac,ogg")
+
+    assert code == 0
+    assert [(c["source"], c["window"]) for c in manifest["clips"]] == [(c["source"], c["window"]) for c in reference["clips"]]
+    assert all("decoded with libsndfile" in c["note"] for c in manifest["clips"])
+    assert not any("note" in c for c in reference["clips"])
+    for ours, theirs in zip(manifest["clips"], reference["clips"]):
+        a = np.load(tmp_path / "by_libsndfile" / ours["file"]).astype(np.float32)
+        b = np.load(tmp_path / "by_ffmpeg" / theirs["file"]).astype(np.float32)
+        assert a.shape == b.shape == (2, CLIP_SAMPLES)
+        # Two resamplers, so not bit-equal: the same music to within a few percent of its level.
+        assert np.abs(a - b).mean() < 0.05 * np.abs(b).mean()
+    mono = np.load(tmp_path / "by_libsndfile" / clips_of(manifest, "mono.ogg")[0]["file"])
+    assert np.array_equal(mono[0], mono[1])
