@@ -1,6 +1,8 @@
-"""MusiGAN's data side of the model: AudioDataset serves normalized chunks of the training set.
+"""MusiGAN's generator (VariationalAttentionModel) and the dataset it learns from (AudioDataset).
 
-    from piano_model import AudioDataset
+    from piano_model import AudioDataset, VariationalAttentionModel
+    generator = VariationalAttentionModel(**config["model"])
+    mu, logvar, waveform = generator(torch.randn(8, 2, 48000))   # waveform (8, 2, seq_len)
     train = AudioDataset.from_dataset_dir("dataset", "training", seq_len=16500)
     target_norm, target_mean, target_std = train[0]   # (C, seq_len), (1, 1), (1, 1), float32
     waveform = target_norm * target_std + target_mean  # undoes the normalization (times peak: raw scale)
@@ -10,9 +12,74 @@ import os
 
 import numpy as np
 import torch
+from torch import nn
 
 from create_dataset import SPLIT_FILES, DatasetError, load_dataset_info
+import torch.nn.functional as F
+
+from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout
 from split_and_append_chunks import split_and_append_chunks
+
+
+class TransformerBlock(nn.Module):
+    """A pre-norm transformer layer: x + attention(norm(x)), then x + feed_forward(norm(x)).
+
+    Dropout acts on the residual branches and inside the feed-forward, not on the attention weights:
+    that keeps attention on the fused scaled_dot_product_attention kernel, which never builds the
+    (heads, frames, frames) matrix that attention-weight dropout needs.
+    """
+
+    def __init__(self, dim, num_heads, dropout):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ff_in, self.ff_out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        batch, frames, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, frames, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        if x.device.type == "cpu":  # measured: the CPU's bfloat16 attention kernel is 2x slower than float32
+            q, k, v = q.float(), k.float(), v.float()
+        attended = F.scaled_dot_product_attention(q, k, v).to(x.dtype)  # (B, heads, frames, dim / heads)
+        attended = self.out(attended.transpose(1, 2).reshape(batch, frames, dim))
+        x = x + fast_dropout(attended, self.dropout, self.training)
+        hidden = fast_dropout(F.gelu(self.ff_in(self.norm2(x))), self.dropout, self.training)
+        return x + fast_dropout(self.ff_out(hidden), self.dropout, self.training)
+
+
+class VariationalAttentionModel(nn.Module):
+    """The generator: noise (B, sound_channels, noise_dim) -> (mu, logvar, waveform (B, sound_channels, seq_len)).
+
+    The encoder maps noise to a sequence of latent Gaussians (latent_seq_len frames of latent_dim),
+    a sample of which passes through num_layers transformer layers (num_heads heads) that let every
+    frame attend to every other, and the decoder turns the result into a waveform. The waveform is
+    unbounded, like the standardized chunks it imitates (the seed's hard-sigmoid to [0, 1] could not
+    reach them). A learned position embedding tells the transformer where each frame sits in time.
+    """
+
+    def __init__(self, sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=500, latent_dim=512,
+                 num_heads=8, num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000):
+        super().__init__()
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or latent_dim % num_heads:
+            raise ValueError(f"num_heads must be a positive integer that divides latent_dim ({latent_dim}), "
+                             f"got {num_heads!r}")
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
+            raise ValueError(f"num_layers must be an integer of 0 or more, got {num_layers!r}")
+        self.sound_channels, self.seq_len, self.noise_dim = sound_channels, seq_len, noise_dim
+        self.vae = VariationalEncoderDecoder(sound_channels, n_channels, latent_seq_len, latent_dim, seq_len,
+                                             dropout, use_gaussians, num_of_gaussians, noise_dim=noise_dim)
+        self.position = nn.Parameter(torch.randn(1, latent_seq_len, latent_dim) * 0.02)
+        self.transformer = nn.Sequential(*(TransformerBlock(latent_dim, num_heads, dropout) for _ in range(num_layers)))
+
+    def forward(self, noise):
+        if noise.dim() != 3 or noise.shape[1:] != (self.sound_channels, self.noise_dim):
+            raise ValueError(f"noise must be shaped (batch, {self.sound_channels}, {self.noise_dim}), "
+                             f"got {tuple(noise.shape)}")
+        mu, logvar = self.vae.encoder(noise)  # each (B, latent_seq_len, latent_dim)
+        z = self.transformer(self.vae.reparameterize(mu, logvar) + self.position)
+        return mu, logvar, self.vae.decoder(z)  # waveform (B, sound_channels, seq_len)
 
 
 class AudioDataset(torch.utils.data.Dataset):

@@ -1,0 +1,294 @@
+"""Every loss term of MusiGAN, vectorized: no Python loop over the batch or over time segments.
+
+    import loss_functions as L
+    kl = L.kl_divergence_loss(mu, logvar)
+    d_loss = L.discriminator_adversarial_loss(real_logits, fake_logits, kind="bce", smoothing=0.1)
+    total, terms = L.generator_loss(fake, target, mu, logvar, fake_logits, weights)
+
+Waveforms are (B, C, T). `keys` splits T into that many equal segments (the seed's default is 33);
+the few samples past keys * (T // keys) are left out. Every term is computed in float32, whatever
+autocast does around it, and every standard deviation or correlation has an epsilon: in the seed,
+correlations over flat segments sent the gradients (not the losses) to NaN within 110 iterations.
+"""
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-5
+BCE_CONFUSION = 0.6931  # ln 2: the BCE of a discriminator that cannot tell real from fake
+
+# What the seed actually summed (DESIGN.md); every other term is off. Keys are config's loss_weights.
+SEED_LOSS_WEIGHTS = {
+    "recon": 2.0, "adversarial": 20.0, "kl": 5e-5,
+    "no_seconds": 0.0, "no_silence": 0.0, "melody": 0.0, "stft": 0.0, "feature_matching": 0.0,
+    "melody_match": 0.0, "silence_match": 0.0, "std_match": 0.0, "min_max_match": 0.0, "kl_songs_match": 0.0,
+    "d_melody": 1.0, "d_silence": 1.0, "d_std": 1.0, "d_min_max": 0.0, "d_kl_songs": 1.0,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def segments(x, keys):
+    """(B, C, T) -> (B, C, keys, T // keys), a view."""
+    seg_len = x.shape[-1] // keys
+    if keys < 1 or seg_len < 2:
+        raise ValueError(f"keys={keys} must be at least 1 and leave 2 or more samples per segment of {x.shape[-1]}")
+    return x[..., :keys * seg_len].unflatten(-1, (keys, seg_len))
+
+
+def correlation(a, b, dim=-1):
+    """Pearson correlation of a and b along dim; 0 where either is flat (the epsilon keeps it finite)."""
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    return (a * b).mean(dim) / torch.sqrt((a * a).mean(dim) * (b * b).mean(dim) + EPS)
+
+
+def segment_std(x, keys):
+    """(B, C, T) -> (B, C, keys): the loudness envelope, sqrt(var + eps) so its gradient is finite on silence."""
+    return torch.sqrt(segments(x, keys).var(dim=-1, correction=0) + EPS)
+
+
+def match_statistics(real_stats, fake_stats, d_fake_logits=None):
+    """Mean squared gap between each fake's statistics (B, ...) and the real batch's mean statistics.
+
+    Without logits this is a plain matching term for the generator. With d_fake_logits (B, 1) each
+    fake's gap is fixed and weighted by sigmoid(logit), the discriminator's belief that the fake is
+    real: minimizing it teaches the discriminator to reject fakes whose statistics are off.
+    """
+    target = real_stats.detach().float().mean(dim=0, keepdim=True)
+    gap = (fake_stats.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
+    if d_fake_logits is None:
+        return gap.mean()
+    return (torch.sigmoid(d_fake_logits.float().view(-1)) * gap.detach()).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator-side terms
+
+
+def kl_divergence_loss(mu, logvar):
+    """Keeps the latent code close to N(0, 1), so any noise decodes to music: KL averaged per element."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def no_seconds_loss(x, keys=33):
+    """Pushes against a loop stuck on one pattern: -mean(log(sum |seg_i - seg_i+1| + eps))."""
+    seg = segments(x.float(), keys)  # (B, C, K, S)
+    change = (seg[:, :, 1:] - seg[:, :, :-1]).abs().sum(dim=-1)  # (B, C, K-1)
+    return -torch.log(change + EPS).mean()
+
+
+def no_silence_loss(x, keys=33, threshold=0.05):
+    """Pushes against silent stretches: raises each segment's std and lowers the share of near-zero samples.
+
+    The share is soft (exp(-(x / threshold)^2) is 1 at zero and falls off past threshold), so it has a gradient.
+    """
+    x = x.float()
+    near_zero_share = torch.exp(-(x / threshold).pow(2)).mean()
+    return -torch.log(segment_std(x, keys)).mean() + near_zero_share
+
+
+def melody_loss(x, keys=33):
+    """Rewards continuity: 1 - correlation of each segment with the next, plus 1 - left/right correlation."""
+    seg = segments(x.float(), keys)  # (B, C, K, S)
+    loss = 1 - correlation(seg[:, :, :-1], seg[:, :, 1:]).mean()
+    if x.shape[1] >= 2:
+        loss = loss + 1 - correlation(x[:, 0].float(), x[:, 1].float()).mean()
+    return loss
+
+
+def reconstruction_loss(fake, target):
+    """Keeps the output near real music sample by sample: Smooth L1, as the seed used."""
+    return F.smooth_l1_loss(fake.float(), target.float())
+
+
+def feature_matching_loss(real_features, fake_features):
+    """Makes fakes sound real to every layer of the discriminator: mean L1 between its features."""
+    losses = [F.l1_loss(fake.float(), real.detach().float()) for real, fake in zip(real_features, fake_features)]
+    return torch.stack(losses).mean()
+
+
+class MultiResolutionSTFTLoss(torch.nn.Module):
+    """Makes the spectrum match at several time-frequency resolutions (auraloss's implementation).
+
+    stereo=True compares the sum and difference of the channels (auraloss.freq.SumAndDifferenceSTFTLoss),
+    so the stereo image is matched too. Runs in float32 with autocast off.
+    """
+
+    def __init__(self, fft_sizes=(512, 1024, 2048), hop_sizes=(50, 120, 240), win_lengths=(240, 600, 1200),
+                 stereo=False):
+        super().__init__()
+        import auraloss
+
+        sizes = dict(fft_sizes=list(fft_sizes), hop_sizes=list(hop_sizes), win_lengths=list(win_lengths))
+        self.loss = (auraloss.freq.SumAndDifferenceSTFTLoss(**sizes) if stereo
+                     else auraloss.freq.MultiResolutionSTFTLoss(**sizes))
+
+    def forward(self, fake, target):
+        with torch.autocast(fake.device.type, enabled=False):
+            return self.loss(fake.float(), target.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistic-matching terms: a real batch against a fake batch (see match_statistics)
+
+
+def melody_statistics(x, keys):
+    """(B, C, T) -> (B, C + 1): each channel's mean correlation with itself one segment later, and left/right."""
+    seg = segments(x.float(), keys)
+    stats = correlation(seg[:, :, :-1], seg[:, :, 1:]).mean(dim=-1)  # (B, C)
+    if x.shape[1] >= 2:
+        stats = torch.cat([stats, correlation(x[:, 0].float(), x[:, 1].float()).unsqueeze(1)], dim=1)
+    return stats
+
+
+def melody_loss_d(real, fake, d_fake_logits=None, keys=33):
+    """Matches how continuous the music is: segment-to-segment and left/right correlations."""
+    return match_statistics(melody_statistics(real, keys), melody_statistics(fake, keys), d_fake_logits)
+
+
+def loud_share(x, threshold=0.5, softness=0.1):
+    """(B, C, T) -> (B, 1): the soft share of samples louder than threshold."""
+    return torch.sigmoid((x.float().abs() - threshold) / softness).mean(dim=(1, 2)).unsqueeze(1)
+
+
+def silence_loss_d(real, fake, d_fake_logits=None, threshold=0.5):
+    """Matches the share of loud content, so fakes are neither all silence nor all noise."""
+    return match_statistics(loud_share(real, threshold), loud_share(fake, threshold), d_fake_logits)
+
+
+def compute_std_loss_d(real, fake, d_fake_logits=None, keys=33):
+    """Matches the loudness envelope: the standard deviation of every segment (the seed used only the last)."""
+    return match_statistics(segment_std(real.float(), keys), segment_std(fake.float(), keys), d_fake_logits)
+
+
+def min_max_statistics(x, keys):
+    seg = segments(x.float(), keys)
+    return torch.stack([seg.amax(dim=-1), seg.amin(dim=-1), seg.mean(dim=-1)], dim=-1)  # (B, C, K, 3)
+
+
+def min_max_stats_loss_d(real, fake, d_fake_logits=None, keys=33):
+    """Matches the range of every segment: its max, min and mean."""
+    return match_statistics(min_max_statistics(real, keys), min_max_statistics(fake, keys), d_fake_logits)
+
+
+def spectral_distribution(x, bands=64):
+    """(B, C, T) -> (B, bands): each sample's power spectrum, summed into bands and normalized to 1."""
+    power = torch.fft.rfft(x.float(), dim=-1).abs().pow(2).mean(dim=1)  # (B, F)
+    usable = power.shape[-1] // bands * bands
+    if usable == 0:
+        raise ValueError(f"{x.shape[-1]} samples are too few for {bands} spectral bands")
+    banded = power[:, :usable].unflatten(-1, (bands, -1)).sum(dim=-1) + EPS
+    return banded / banded.sum(dim=-1, keepdim=True)
+
+
+def batch_diversity(x, bands=64):
+    """(B, C, T) -> (B,): each sample's mean symmetric KL divergence to the other samples in its batch."""
+    p = spectral_distribution(x, bands)
+    log_p = p.log()
+    divergence = ((p.unsqueeze(1) - p.unsqueeze(0)) * (log_p.unsqueeze(1) - log_p.unsqueeze(0))).sum(dim=-1)  # (B, B)
+    return divergence.sum(dim=1) / max(1, p.shape[0] - 1)  # the diagonal is zero
+
+
+def kl_loss_songs_d(real, fake, d_fake_logits=None, bands=64):
+    """Matches diversity within a batch (against mode collapse): how different fakes are from one another,
+    against how different real songs are. Zero when either batch has a single sample."""
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        return fake.float().sum() * 0  # nothing to compare; keeps the graph
+    real_diversity = batch_diversity(real, bands).mean().reshape(1, 1)
+    return match_statistics(real_diversity, batch_diversity(fake, bands).unsqueeze(1), d_fake_logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial losses: bce (the seed's, with one-sided label smoothing), hinge, lsgan
+
+
+ADVERSARIAL_KINDS = ("bce", "hinge", "lsgan")
+
+
+def discriminator_adversarial_loss(real_logits, fake_logits, kind="bce", smoothing=0.0):
+    """Teaches the discriminator to tell real from fake. For bce this is the mean of the real and fake
+    BCE, so a confused discriminator scores ln 2 = 0.693, as the health table expects."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if kind == "bce":
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - smoothing))
+        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        return 0.5 * (real + fake)
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind == "lsgan":
+        return (real_logits - 1).pow(2).mean() + fake_logits.pow(2).mean()
+    raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
+
+
+def generator_adversarial_loss(fake_logits, kind="bce"):
+    """Teaches the generator to be taken for real."""
+    fake_logits = fake_logits.float()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "lsgan":
+        return (fake_logits - 1).pow(2).mean()
+    raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The sums, as the config weights them. A weight of 0 skips computing the term.
+
+
+def generator_loss(fake, target, mu, logvar, fake_logits, weights, keys=33, kind="bce", stft=None,
+                   real_features=None, fake_features=None):
+    """(total, {name: term}) for the generator. stft is a MultiResolutionSTFTLoss, needed when its weight is set;
+    the features come from the discriminator, needed for feature matching."""
+    w = weights.get
+    terms = {}
+    if w("recon", 0):
+        terms["recon"] = reconstruction_loss(fake, target)
+    if w("adversarial", 0):
+        terms["adversarial"] = generator_adversarial_loss(fake_logits, kind)
+    if w("kl", 0):
+        terms["kl"] = kl_divergence_loss(mu, logvar)
+    if w("no_seconds", 0):
+        terms["no_seconds"] = no_seconds_loss(fake, keys)
+    if w("no_silence", 0):
+        terms["no_silence"] = no_silence_loss(fake, keys)
+    if w("melody", 0):
+        terms["melody"] = melody_loss(fake, keys)
+    if w("stft", 0):
+        terms["stft"] = stft(fake, target)
+    if w("feature_matching", 0):
+        terms["feature_matching"] = feature_matching_loss(real_features, fake_features)
+    matching = {"melody_match": melody_loss_d, "std_match": compute_std_loss_d, "min_max_match": min_max_stats_loss_d}
+    for name, fn in matching.items():
+        if w(name, 0):
+            terms[name] = fn(target, fake, keys=keys)
+    if w("silence_match", 0):
+        terms["silence_match"] = silence_loss_d(target, fake)
+    if w("kl_songs_match", 0):
+        terms["kl_songs_match"] = kl_loss_songs_d(target, fake)
+    total = sum(weights[name] * term for name, term in terms.items())
+    return total, terms
+
+
+def discriminator_loss(real, fake, real_logits, fake_logits, weights, keys=33, kind="bce", smoothing=0.0):
+    """(total, {name: term}) for the discriminator: the adversarial loss plus the weighted statistic terms,
+    each weighted per fake by the discriminator's belief that it is real."""
+    w = weights.get
+    terms = {"adversarial": discriminator_adversarial_loss(real_logits, fake_logits, kind, smoothing)}
+    fake = fake.detach()
+    if w("d_melody", 0):
+        terms["melody"] = melody_loss_d(real, fake, fake_logits, keys=keys)
+    if w("d_silence", 0):
+        terms["silence"] = silence_loss_d(real, fake, fake_logits)
+    if w("d_std", 0):
+        terms["std"] = compute_std_loss_d(real, fake, fake_logits, keys=keys)
+    if w("d_min_max", 0):
+        terms["min_max"] = min_max_stats_loss_d(real, fake, fake_logits, keys=keys)
+    if w("d_kl_songs", 0):
+        terms["kl_songs"] = kl_loss_songs_d(real, fake, fake_logits)
+    total = terms["adversarial"] + sum(weights["d_" + name] * term for name, term in terms.items() if name != "adversarial")
+    return total, terms
