@@ -129,7 +129,7 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
 
     def forward(self, fake, target):
         with torch.autocast(fake.device.type, enabled=False):
-            return self.loss(fake.float(), target.float())
+            return self.loss(fake.float().contiguous(), target.float().contiguous())
 
 
 # ---------------------------------------------------------------------------------------------
