@@ -21,6 +21,11 @@ from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout
 from split_and_append_chunks import split_and_append_chunks
 
 
+# The seed's generator settings (config.yaml's model section carries the same values).
+SEED_MODEL_CONFIG = dict(sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=500, latent_dim=512,
+                         num_heads=8, num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000)
+
+
 class TransformerBlock(nn.Module):
     """A pre-norm transformer layer: x + attention(norm(x)), then x + feed_forward(norm(x)).
 

@@ -8,10 +8,8 @@ import torch.nn.functional as F
 
 from discriminator import Discriminator_with_mdisc
 from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout, upsample_factors
-from piano_model import VariationalAttentionModel
+from piano_model import SEED_MODEL_CONFIG as SEED_CONFIG, VariationalAttentionModel
 
-SEED_CONFIG = dict(sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=500, latent_dim=512, num_heads=8,
-                   num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000)
 TINY = dict(sound_channels=2, n_channels=16, seq_len=1000, latent_seq_len=20, latent_dim=32, num_heads=4,
             num_layers=1, use_gaussians=True, num_of_gaussians=3, dropout=0.1, noise_dim=1500)
 VARIANTS = [
