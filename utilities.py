@@ -1,7 +1,56 @@
-"""Small helpers shared by MusiGAN's scripts."""
+"""Small helpers shared by MusiGAN's scripts: loading checkpoints, finding them, the CPU allocator setting."""
 
 import ctypes
 import ctypes.util
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+REQUIRED_KEYS = ("format_version", "model_state_dict", "optimizer_state_dict", "epoch", "config")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, damaged or not MusiGAN's, worded for the user."""
+
+
+def checkpoint_path(folder, kind, epoch):
+    """folder/generator_epoch_N.pt or folder/discriminator_epoch_N.pt."""
+    return Path(folder) / f"{kind}_epoch_{epoch}.pt"
+
+
+def checkpoint_epochs(folder, kind="generator"):
+    """The epochs that have a `kind` checkpoint in folder, sorted."""
+    pattern = re.compile(rf"{kind}_epoch_(\d+)\.pt$")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name)))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint dict at path, loaded with weights_only=True; CheckpointError with a sentence otherwise."""
+    path = Path(path)
+    if not path.exists():
+        kind = "discriminator" if "discriminator" in path.name else "generator"
+        epochs = checkpoint_epochs(path.parent, kind)
+        found = f"epochs there: {', '.join(map(str, epochs))}" if epochs else "there are no checkpoints there"
+        raise CheckpointError(f"no checkpoint at {path} ({found})")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(
+            f"{path} is damaged or not a MusiGAN checkpoint ({str(e).splitlines()[0][:160]}). A run killed while "
+            f"saving never leaves such a file, so it was probably cut short by a copy or a full disk; delete it "
+            f"and resume from an earlier epoch."
+        ) from e
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not a MusiGAN checkpoint (it lacks {', '.join(REQUIRED_KEYS)})")
+    if state["format_version"] != 1:
+        raise CheckpointError(f"{path} has format_version {state['format_version']}; this MusiGAN reads version 1")
+    return state
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 

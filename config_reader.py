@@ -1,0 +1,220 @@
+"""Read and validate MusiGAN's YAML config.
+
+    from config_reader import load_config_from_yaml
+    config = load_config_from_yaml("config.yaml", overrides=["model.num_layers=2", "training.epochs=5"])
+    config["model"]["num_layers"]   # 2
+
+Every key, its type, its default and what it means are in SCHEMA below (config.yaml shows them with
+comments). A key left out takes its default. An unknown key, a value of the wrong type or out of
+range raises ValueError naming the key, the value and what is allowed.
+"""
+
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+from loss_functions import ADVERSARIAL_KINDS, SEED_LOSS_WEIGHTS
+
+
+class Field:
+    """One config key: its default, its kind ("int", "float", "bool", "str", "floats", "resume") and limits."""
+
+    def __init__(self, default, kind, help, low=None, high=None, choices=None, optional=False):
+        self.default, self.kind, self.help = default, kind, help
+        self.low, self.high, self.choices, self.optional = low, high, choices, optional
+
+    def check(self, key, value):
+        """The value, converted where that is lossless (an int where a float is asked); else ValueError."""
+        if value is None and self.optional:
+            return None
+        kind = self.kind
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+            "floats": isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+            "resume": value is False or value == "latest" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+        }[kind]
+        if not ok:
+            raise ValueError(f"{key}: {value!r} is not allowed; expected {self.describe()}")
+        numbers = value if kind == "floats" else [value] if kind in ("int", "float") else []
+        for number in numbers:
+            if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+                raise ValueError(f"{key}: {value!r} is out of range; expected {self.describe()}")
+        if kind == "float":
+            value = float(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        return value
+
+    def describe(self):
+        names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+                 "floats": "a list of numbers", "resume": "an epoch number, latest, or false"}
+        text = names[self.kind]
+        if self.choices:
+            text = f"one of {', '.join(map(str, self.choices))}"
+        if self.low is not None and self.high is not None:
+            text += f" from {self.low} to {self.high}"
+        elif self.low is not None:
+            text += f" of at least {self.low}"
+        return text + (" (or null)" if self.optional else "")
+
+
+SCHEMA = {
+    "data": {
+        "dataset_dir": Field("dataset", "str", "folder written by create_dataset.py"),
+        "sample_rate": Field(12000, "int", "must match the dataset's sample rate", low=1),
+        "batch_size": Field(8, "int", "chunks per batch", low=1),
+        "num_workers": Field(2, "int", "DataLoader worker processes", low=0),
+        "steps_per_epoch": Field(0, "int", "batches per epoch; 0 takes the whole training set once", low=0),
+    },
+    "model": {  # VariationalAttentionModel(**config["model"])
+        "sound_channels": Field(2, "int", "audio channels; must match the dataset", low=1),
+        "n_channels": Field(128, "int", "convolution width of the encoder and decoder", low=1),
+        "seq_len": Field(16500, "int", "samples generated per chunk; at most the dataset's chunk length", low=1),
+        "latent_seq_len": Field(500, "int", "latent frames the transformer attends over", low=1),
+        "latent_dim": Field(512, "int", "size of each latent frame", low=1),
+        "num_heads": Field(8, "int", "attention heads; must divide latent_dim", low=1),
+        "num_layers": Field(1, "int", "transformer layers", low=0),
+        "use_gaussians": Field(True, "bool", "shape the output with a learned loudness envelope"),
+        "num_of_gaussians": Field(6, "int", "bumps in that envelope", low=1),
+        "dropout": Field(0.1, "float", "dropout in the transformer", low=0.0, high=0.99),
+        "noise_dim": Field(48000, "int", "white-noise samples per channel fed to the generator", low=1),
+    },
+    "discriminator": {
+        "n_channels": Field(128, "int", "width of the last convolution block", low=1),
+        "use_minibatch_discrimination": Field(True, "bool", "compare the samples of a batch (against mode collapse)"),
+        "mdisc_kernels": Field(16, "int", "minibatch-discrimination projections", low=1),
+        "mdisc_kernel_dim": Field(8, "int", "size of each projection", low=1),
+    },
+    "training": {
+        "epochs": Field(700, "int", "epochs of adversarial training", low=0),
+        "learning_rate": Field(1e-4, "float", "generator learning rate", low=0.0),
+        "learning_rate_disc": Field(4e-5, "float", "discriminator learning rate", low=0.0),
+        "betas": Field([0.5, 0.9], "floats", "Adam betas for both optimizers", low=0.0, high=0.9999),
+        "accumulation_steps": Field(1, "int", "batches whose gradients add up to one update", low=1),
+        "generator_updates": Field(2, "int", "generator updates per discriminator update", low=1),
+        "smoothing": Field(0.1, "float", "one-sided label smoothing of the real label (bce only)", low=0.0, high=0.5),
+        "grad_clip": Field(0.0, "float", "clip gradient norms to this; 0 is off", low=0.0),
+        "adversarial_loss": Field("bce", "str", "bce (the seed's), hinge or lsgan", choices=ADVERSARIAL_KINDS),
+        "keys": Field(33, "int", "segments a waveform is split into by the segment losses", low=1),
+        "precision": Field("auto", "str", "auto: bf16 on a GPU, fp32 on the CPU", choices=("auto", "fp32", "bf16", "fp16")),
+        "seed": Field(0, "int", "seed of every random number generator", low=0),
+        "pretrain_generator_epochs": Field(1, "int", "epochs of reconstruction-only generator training first", low=0),
+        "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
+        "max_nonfinite_in_a_row": Field(5, "int", "stop after this many NaN/Inf updates in a row", low=1),
+    },
+    "loss_weights": {name: Field(weight, "float", "weight of this loss term; 0 skips it", low=0.0)
+                     for name, weight in SEED_LOSS_WEIGHTS.items()},
+    "output": {
+        "checkpoint_folder": Field("checkpoints", "str", "checkpoints, metrics.csv, losses.png and the resolved config"),
+        "music_out_folder": Field("samples", "str", "audio samples, one folder per saved epoch"),
+        "save_after_nepochs": Field(10, "int", "save checkpoints and samples every this many epochs", low=1),
+        "samples_per_save": Field(3, "int", "audio samples written each time", low=0),
+        "resume_from_checkpoint": Field(False, "resume", "an epoch number, latest, or false to start afresh"),
+        "update_discriminator": Field(False, "bool", "on resume, load a discriminator whose architecture changed"),
+    },
+}
+LOSS_HELP = {  # one line per loss weight, for config.yaml and the README
+    "recon": "Smooth L1 between generated and real chunks",
+    "adversarial": "fool the discriminator",
+    "kl": "VAE KL term, per element",
+    "no_seconds": "against loops stuck on one pattern",
+    "no_silence": "against silent stretches",
+    "melody": "continuity between segments and channels",
+    "stft": "multi-resolution STFT distance to the real chunk",
+    "feature_matching": "match the discriminator's features of real chunks",
+    "melody_match": "match real continuity statistics",
+    "silence_match": "match the real share of loud content",
+    "std_match": "match the real loudness envelope",
+    "min_max_match": "match per-segment max, min and mean",
+    "kl_songs_match": "match real diversity within a batch",
+    "d_melody": "D rejects fakes with wrong continuity",
+    "d_silence": "D rejects fakes with the wrong share of loud content",
+    "d_std": "D rejects fakes with the wrong loudness envelope",
+    "d_min_max": "D rejects fakes with the wrong segment ranges",
+    "d_kl_songs": "D rejects batches with the wrong diversity",
+}
+
+
+def defaults():
+    """The full config with every default."""
+    return {section: {key: copy.deepcopy(field.default) for key, field in fields.items()}
+            for section, fields in SCHEMA.items()}
+
+
+def suggest(name, candidates):
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def validate(raw, source="config"):
+    """A complete, checked config from a (possibly partial) nested dict."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected sections such as 'model:' and 'training:', got {type(raw).__name__}")
+    config = defaults()
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            raise ValueError(f"{source}: unknown section {section!r}{suggest(section, SCHEMA)} "
+                             f"(sections: {', '.join(SCHEMA)})")
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must hold keys, got {values!r}")
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                everywhere = {k: s for s, fields in SCHEMA.items() for k in fields}
+                hint = (f"; {key!r} belongs in section {everywhere[key]!r}" if key in everywhere
+                        else suggest(key, SCHEMA[section]))
+                raise ValueError(f"{source}: unknown key {section}.{key}{hint}")
+            config[section][key] = SCHEMA[section][key].check(f"{section}.{key}", value)
+    model = config["model"]
+    if model["latent_dim"] % model["num_heads"]:
+        raise ValueError(f"{source}: model.num_heads ({model['num_heads']}) must divide model.latent_dim "
+                         f"({model['latent_dim']})")
+    if model["noise_dim"] < model["latent_seq_len"]:
+        raise ValueError(f"{source}: model.noise_dim ({model['noise_dim']}) must be at least model.latent_seq_len "
+                         f"({model['latent_seq_len']})")
+    if len(config["training"]["betas"]) != 2:
+        raise ValueError(f"{source}: training.betas must be two numbers, got {config['training']['betas']!r}")
+    return config
+
+
+def apply_override(raw, assignment):
+    """Set one 'section.key=value' (value parsed as YAML: 2, 1e-4, true, latest, [0.5, 0.9]) in raw."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected section.key=value, for example model.num_layers=2")
+    path, text = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"--set {assignment!r}: the key must be section.key, for example training.epochs=5 "
+                         f"(sections: {', '.join(SCHEMA)})")
+    value = yaml.safe_load(text) if text.strip() else ""
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ValueError(f"--set {assignment!r}: {parts[0]} is not a section")
+    section[parts[1]] = value
+    return raw
+
+
+def load_config_from_yaml(path, overrides=()):
+    """The validated config from a YAML file, with `section.key=value` overrides applied on top."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file {path} not found; copy config.yaml from the project and edit it")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, source=str(path))
+
+
+def write_config(config, path):
+    """Write a resolved config as YAML that load_config_from_yaml reads back to the same dict."""
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

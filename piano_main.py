@@ -1,0 +1,192 @@
+"""Train MusiGAN: pretrain the generator and the discriminator, then run the VAE-GAN loop.
+
+    python piano_main.py --config config.yaml
+    python piano_main.py --config config.yaml --set training.epochs=50 --set model.num_layers=2
+    python piano_main.py --config config.yaml --set output.resume_from_checkpoint=latest
+    python piano_main.py --config checkpoints/config.yaml      # the resolved config of an earlier run
+
+Needs a dataset made by prepare_dataset.py and create_dataset.py (data.dataset_dir). Uses CUDA when
+present, with bfloat16 autocast (float16 with a GradScaler if the GPU lacks bfloat16, or when asked
+with training.precision=fp16), and float32 on the CPU. Writes checkpoints, metrics.csv, losses.png
+and the resolved config to output.checkpoint_folder, and audio samples to output.music_out_folder.
+Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=latest.
+"""
+
+import argparse
+import random
+import sys
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config_reader import load_config_from_yaml, write_config
+from create_dataset import DatasetError, load_dataset_info
+from discriminator import Discriminator_with_mdisc
+from loss_functions import MultiResolutionSTFTLoss
+from piano_model import AudioDataset, VariationalAttentionModel
+from piano_pretrain import pretrain_discriminator, pretrain_generator
+from piano_train import TrainingStopped, train_vae_gan
+from update_checkpoint import update_checkpoint
+from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
+from vae_utilities import restore_rng_states
+
+
+def check_dataset_matches(info, config, dataset_dir):
+    """A sentence for each way the dataset and the config disagree; DatasetError if any."""
+    model = config["model"]
+    problems = []
+    if info["sample_rate"] != config["data"]["sample_rate"]:
+        problems.append(f"the dataset is at {info['sample_rate']} Hz but data.sample_rate is "
+                        f"{config['data']['sample_rate']}; set data.sample_rate: {info['sample_rate']}, or rebuild the "
+                        f"dataset with prepare_dataset.py --sample-rate {config['data']['sample_rate']}")
+    if info["channels"] != model["sound_channels"]:
+        problems.append(f"the dataset has {info['channels']} channels but model.sound_channels is "
+                        f"{model['sound_channels']}; set model.sound_channels: {info['channels']}")
+    if model["seq_len"] > info["chunk_samples"]:
+        problems.append(f"model.seq_len ({model['seq_len']}) is longer than the dataset's chunks "
+                        f"({info['chunk_samples']} samples); lower model.seq_len, or rebuild the dataset with "
+                        f"create_dataset.py --chunk-seconds {model['seq_len'] / info['sample_rate']:.3g} or more")
+    if info["pairs"]["training"] * 2 < config["data"]["batch_size"] * config["training"]["accumulation_steps"]:
+        problems.append(f"the training set has {info['pairs']['training'] * 2} chunks, fewer than one iteration needs "
+                        f"(data.batch_size x training.accumulation_steps); add music or lower data.batch_size")
+    if problems:
+        raise DatasetError(f"{dataset_dir} does not match the config: " + "; and ".join(problems) + ".")
+
+
+def precision_setup(config, device):
+    """(name, autocast factory, GradScaler for G, for D) for training.precision on this device."""
+    precision = config["training"]["precision"]
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("training.precision: fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
+    if precision == "fp32":
+        return precision, nullcontext, None, None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    autocast = partial(torch.autocast, device.type, dtype=dtype)
+    scalers = [torch.amp.GradScaler(device.type) for _ in range(2)] if precision == "fp16" else [None, None]
+    return precision, autocast, *scalers
+
+
+def resolve_resume(config):
+    """The epoch to resume from, or None for a fresh run (which must not write over an earlier one)."""
+    out = config["output"]
+    folder = Path(out["checkpoint_folder"])
+    epochs = checkpoint_epochs(folder, "generator")
+    wanted = out["resume_from_checkpoint"]
+    if wanted is False:
+        if epochs:
+            raise CheckpointError(
+                f"{folder} already holds a run (epochs {epochs[0]}-{epochs[-1]}). Resume it with --set "
+                f"output.resume_from_checkpoint=latest, or start afresh in another output.checkpoint_folder.")
+        return None
+    if not epochs:
+        raise CheckpointError(f"output.resume_from_checkpoint is {wanted!r}, but {folder} holds no checkpoints")
+    if wanted == "latest":
+        return epochs[-1]
+    if wanted not in epochs:
+        raise CheckpointError(f"no checkpoint of epoch {wanted} in {folder}; epochs there: "
+                              f"{', '.join(map(str, epochs))}")
+    return wanted
+
+
+def load_model_state(model, state, path):
+    try:
+        model.load_state_dict(state["model_state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} was saved by a model of another shape ({str(e).splitlines()[0]}). Use the "
+                              f"config it was trained with (saved beside it as config.yaml)"
+                              + (", or set output.update_discriminator: true" if "discriminator" in str(path) else "")
+                              ) from e
+
+
+def run(config, device, log=print):
+    t, out = config["training"], config["output"]
+    dataset_dir = config["data"]["dataset_dir"]
+    info = load_dataset_info(dataset_dir)
+    check_dataset_matches(info, config, dataset_dir)
+    train_data = AudioDataset.from_dataset_dir(dataset_dir, "training", config["model"]["seq_len"])
+    val_data = (AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
+                if info["pairs"]["validation"] else None)
+    resume_epoch = resolve_resume(config)
+
+    precision, autocast, scaler_g, scaler_d = precision_setup(config, device)
+    if device.type == "cpu":
+        configure_cpu_memory(precision)
+    torch.manual_seed(t["seed"])
+    np.random.seed(t["seed"])
+    random.seed(t["seed"])
+    generator = VariationalAttentionModel(**config["model"]).to(device)
+    d_cfg = config["discriminator"]
+    discriminator = Discriminator_with_mdisc(config["model"]["sound_channels"], d_cfg["n_channels"],
+                                             config["model"]["seq_len"], d_cfg["mdisc_kernels"],
+                                             d_cfg["mdisc_kernel_dim"], d_cfg["use_minibatch_discrimination"]).to(device)
+    optim_g = torch.optim.Adam(generator.parameters(), t["learning_rate"], betas=tuple(t["betas"]))
+    optim_d = torch.optim.Adam(discriminator.parameters(), t["learning_rate_disc"], betas=tuple(t["betas"]))
+    stft = MultiResolutionSTFTLoss().to(device) if config["loss_weights"]["stft"] else None
+    folder = Path(out["checkpoint_folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"MusiGAN on {device} ({precision}): generator {sum(p.numel() for p in generator.parameters()) / 1e6:.2f} M "
+        f"parameters, discriminator {sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; "
+        f"{len(train_data)} training chunks, {len(val_data) if val_data else 0} validation chunks")
+
+    history, start_epoch = [], 1
+    if resume_epoch is not None:
+        g_path, d_path = checkpoint_path(folder, "generator", resume_epoch), checkpoint_path(folder, "discriminator", resume_epoch)
+        g_state, d_state = load_checkpoint(g_path, device), load_checkpoint(d_path, device)
+        load_model_state(generator, g_state, g_path)
+        optim_g.load_state_dict(g_state["optimizer_state_dict"])
+        if out["update_discriminator"]:
+            report = update_checkpoint(discriminator, d_state["model_state_dict"], optim_d, d_state["optimizer_state_dict"])
+            log(f"update_discriminator: {report.summary()}")
+        else:
+            load_model_state(discriminator, d_state, d_path)
+            optim_d.load_state_dict(d_state["optimizer_state_dict"])
+        for scaler, state in ((scaler_g, g_state), (scaler_d, d_state)):
+            if scaler is not None and state.get("scaler_state_dict"):
+                scaler.load_state_dict(state["scaler_state_dict"])
+        restore_rng_states(g_state["rng_states"])
+        history = g_state["metrics"]
+        start_epoch = resume_epoch + 1
+        log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
+    write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
+
+    if resume_epoch is None:
+        pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
+        pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d, log=log)
+    history, status = train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device,
+                                    start_epoch=start_epoch, history=history, scaler_g=scaler_g, scaler_d=scaler_d,
+                                    autocast=autocast, stft=stft, sample_rate=info["sample_rate"], log=log)
+    if status == "done":
+        log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
+    return status
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key, for example --set training.epochs=5 (repeatable)")
+    parser.add_argument("--device", default=None,
+                        help="cuda, cuda:1 or cpu (default: cuda when available, else cpu)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config_from_yaml(args.config, args.set)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+        status = run(config, device)
+    except (ValueError, DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    return 130 if status == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
