@@ -1,0 +1,169 @@
+"""Turn a trained generator into music you can play: white noise in, audio files out.
+
+    python generate.py --epoch latest
+    python generate.py --epoch 690 --count 4 --seconds 30 --format mp3 --out generated
+    python generate.py --epoch latest --count 32 --rank-by-discriminator 4    # keep the 4 most convincing
+
+Each file is `--seconds` long. The generator makes `model.seq_len` samples at a time (1.4 s at the
+seed config), so longer audio is made of successive, independently generated segments, joined
+with a short equal-power crossfade: it is a sequence of short pieces, not one long composition.
+Levels are normalized to a peak of -1 dBFS (no clipping), at the dataset's sample rate. Beside each
+audio file goes a PNG with its waveform and spectrogram.
+
+With --rank-by-discriminator K, --count candidates are generated and the discriminator of the same
+epoch scores each one (the mean of its logits over the candidate's segments); the K it rates most
+real are kept, best first.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from check_discriminator import build_discriminator, load_generator
+from config_reader import load_config_from_yaml, validate
+from utilities import CheckpointError, checkpoint_path, load_checkpoint
+
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
+PEAK = 10 ** (-1 / 20)  # -1 dBFS
+
+
+def crossfade_join(segments, fade):
+    """Join (C, T) segments, overlapping each pair by `fade` samples with an equal-power crossfade."""
+    if fade <= 0 or len(segments) == 1:
+        return np.concatenate(segments, axis=1)
+    t = np.linspace(0, np.pi / 2, fade, dtype=np.float32)
+    fade_out, fade_in = np.cos(t), np.sin(t)
+    out = segments[0]
+    for seg in segments[1:]:
+        overlap = out[:, -fade:] * fade_out + seg[:, :fade] * fade_in
+        out = np.concatenate([out[:, :-fade], overlap, seg[:, fade:]], axis=1)
+    return out
+
+
+def make_pieces(generator, count, samples, fade, rng, device, batch_size=8):
+    """`count` pieces of exactly `samples` samples each: (count, C, samples) float32, plus their segments."""
+    seq_len = generator.seq_len
+    per_piece = 1 if samples <= seq_len else math.ceil((samples - fade) / (seq_len - fade))
+    noise = torch.randn(count * per_piece, generator.sound_channels, generator.noise_dim, generator=rng)
+    segments = []
+    with torch.inference_mode():
+        for batch in noise.split(batch_size):
+            segments.append(generator(batch.to(device))[2].float().cpu())
+    segments = torch.cat(segments).view(count, per_piece, generator.sound_channels, seq_len)
+    pieces = np.stack([crossfade_join(list(piece.numpy()), fade)[:, :samples] for piece in segments])
+    return pieces, segments
+
+
+def peak_normalize(audio):
+    peak = float(np.abs(audio).max())
+    return audio * (PEAK / peak) if peak > 0 else audio
+
+
+def plot_audio(audio, sample_rate, path, title):
+    """A PNG with the waveform (both channels) over a log-magnitude spectrogram of their mix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = np.arange(audio.shape[1]) / sample_rate
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    for channel, name in zip(audio, ("left", "right")):
+        top.plot(seconds, channel, linewidth=0.4, alpha=0.8, label=name)
+    top.set_ylim(-1, 1)
+    top.legend(fontsize=7, loc="upper right")
+    top.set_title(title, fontsize=10)
+    bottom.specgram(audio.mean(axis=0), NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma")
+    bottom.set_xlabel("seconds")
+    bottom.set_ylabel("Hz")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def discriminator_scores(folder, epoch, config, segments, device, batch_size=8):
+    """Mean discriminator logit per piece over its segments: higher is rated more real."""
+    state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch), device)
+    disc = build_discriminator(validate(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device).eval()
+    disc.load_state_dict(state["model_state_dict"])
+    count, per_piece = segments.shape[:2]
+    flat = segments.flatten(0, 1)
+    logits = []
+    with torch.inference_mode():
+        for batch in flat.split(batch_size):
+            if len(batch) < 2:  # minibatch discrimination needs company: score the last one beside its neighbour
+                batch = torch.cat([flat[-2:-1], batch])
+                logits.append(disc(batch.to(device)).float().cpu()[1:])
+            else:
+                logits.append(disc(batch.to(device)).float().cpu())
+    return torch.cat(logits).view(count, per_piece).mean(dim=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epoch", default="latest", help="the generator's epoch, or latest (default: latest)")
+    parser.add_argument("--count", type=int, default=4, help="pieces to generate (default: 4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each piece in seconds (default: 10)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="wav", help="audio format (default: wav)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise; the same seed gives the same music (default: 0)")
+    parser.add_argument("--out", default="generated", help="output folder (default: generated)")
+    parser.add_argument("--crossfade-ms", type=float, default=50.0, help="overlap between segments (default: 50)")
+    parser.add_argument("--rank-by-discriminator", type=int, default=0, metavar="K",
+                        help="keep only the K of --count pieces the discriminator rates most real (default: off)")
+    parser.add_argument("--config", default=None,
+                        help="config whose output.checkpoint_folder holds the run (default: config.yaml, or "
+                             "checkpoints/config.yaml when config.yaml is absent)")
+    parser.add_argument("--checkpoint-folder", default=None, help="the run's folder (overrides the config's)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the waveform/spectrogram PNGs")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    try:
+        if args.count < 1 or args.seconds <= 0:
+            raise ValueError("--count must be at least 1 and --seconds positive")
+        if args.rank_by_discriminator and not 1 <= args.rank_by_discriminator <= args.count:
+            raise ValueError(f"--rank-by-discriminator {args.rank_by_discriminator} must be between 1 and --count "
+                             f"({args.count}): it keeps the best K of --count candidates")
+        if args.checkpoint_folder:
+            folder = Path(args.checkpoint_folder)
+        else:
+            config_path = Path(args.config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
+            folder = Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        epoch = "latest" if args.epoch == "latest" else int(args.epoch)
+        generator, config, epoch = load_generator(folder, epoch, device)
+    except (ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import soundfile
+
+    sample_rate = config["data"]["sample_rate"]
+    samples = round(args.seconds * sample_rate)
+    fade = min(round(args.crossfade_ms / 1000 * sample_rate), generator.seq_len // 4)
+    rng = torch.Generator().manual_seed(args.seed)
+    pieces, segments = make_pieces(generator, args.count, samples, fade, rng, device)
+    order, scores = list(range(args.count)), None
+    if args.rank_by_discriminator:
+        scores = discriminator_scores(folder, epoch, config, segments, device)
+        order = scores.argsort(descending=True).tolist()[:args.rank_by_discriminator]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt, subtype = FORMATS[args.format]
+    for rank, index in enumerate(order):
+        audio = peak_normalize(pieces[index])
+        name = f"epoch{epoch}_seed{args.seed}_{rank:02d}"
+        path = out / f"{name}.{args.format}"
+        soundfile.write(path, audio.T, sample_rate, format=fmt, subtype=subtype)
+        score = f", discriminator logit {float(scores[index]):+.2f}" if scores is not None else ""
+        if not args.no_plots:
+            plot_audio(audio, sample_rate, out / f"{name}.png", f"{path.name}: epoch {epoch}{score}")
+        print(f"wrote {path} ({args.seconds:g} s, {sample_rate} Hz{score})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
