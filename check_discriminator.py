@@ -166,6 +166,7 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
         raise CheckpointError(f"no discriminator checkpoints in {folder} within epochs {d_range[0]}-{d_range[1]}; "
                               f"epochs there: {', '.join(map(str, available)) or 'none'}")
     noise_rng = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the generator's own sampling draws from the global RNG: the same fakes every run
     fakes = []
     for start in range(0, samples, batch_size):
         n = min(batch_size, samples - start)

@@ -18,6 +18,16 @@ import yaml
 from loss_functions import ADVERSARIAL_KINDS, SEED_LOSS_WEIGHTS
 
 
+def _number(value):
+    """'1e-4' -> 0.0001; anything else unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 class Field:
     """One config key: its default, its kind ("int", "float", "bool", "str", "floats", "resume") and limits."""
 
@@ -30,6 +40,8 @@ class Field:
         if value is None and self.optional:
             return None
         kind = self.kind
+        if kind in ("float", "floats"):  # PyYAML reads 1e-4 (no dot) as text: take it as the number it is
+            value = [_number(v) for v in value] if kind == "floats" and isinstance(value, list) else _number(value)
         ok = {
             "int": isinstance(value, int) and not isinstance(value, bool),
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -35,7 +35,8 @@ class DownBlock(nn.Module):
 
 class MinibatchDiscrimination(nn.Module):
     """Salimans et al. (2016): for each sample, how close it is to the others in the batch, in
-    `kernels` learned projections. A generator that collapses to one output makes these large."""
+    `kernels` learned projections, averaged over the others. A generator that collapses to one output
+    makes these approach 1."""
 
     def __init__(self, in_features, kernels=16, kernel_dim=8):
         super().__init__()
@@ -51,7 +52,9 @@ class MinibatchDiscrimination(nn.Module):
             return features.new_zeros(batch, self.kernels)
         m = (features @ self.projection).view(batch, self.kernels, self.kernel_dim)
         distance = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)  # (B, B, kernels), L1 between samples
-        return torch.exp(-distance.float()).sum(dim=1) - 1  # minus each sample's similarity to itself
+        # The mean similarity to the others (minus each sample's similarity to itself), in [0, 1]: a sum,
+        # as in the paper, grows with the batch and at initialization pushed every logit to about -6.5.
+        return (torch.exp(-distance.float()).sum(dim=1) - 1) / (batch - 1)
 
 
 class Discriminator_with_mdisc(nn.Module):  # noqa: N801  (public name, kept for users' checkpoints)

@@ -145,6 +145,7 @@ def main(argv=None):
     samples = round(args.seconds * sample_rate)
     fade = min(round(args.crossfade_ms / 1000 * sample_rate), generator.seq_len // 4)
     rng = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the generator's own sampling (reparameterize) draws from the global RNG
     pieces, segments = make_pieces(generator, args.count, samples, fade, rng, device)
     order, scores = list(range(args.count)), None
     if args.rank_by_discriminator:

@@ -4,6 +4,7 @@
     python piano_main.py --config config.yaml --set training.epochs=50 --set model.num_layers=2
     python piano_main.py --config config.yaml --set output.resume_from_checkpoint=latest
     python piano_main.py --config checkpoints/config.yaml      # the resolved config of an earlier run
+    python piano_main.py --demo                                # the bundled demo, end to end, in runs/demo/
 
 Needs a dataset made by prepare_dataset.py and create_dataset.py (data.dataset_dir). Uses CUDA when
 present, with bfloat16 autocast (float16 with a GradScaler if the GPU lacks bfloat16, or when asked
@@ -172,7 +173,19 @@ def main(argv=None):
                         help="override one config key, for example --set training.epochs=5 (repeatable)")
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:1 or cpu (default: cuda when available, else cpu)")
+    parser.add_argument("--demo", action="store_true",
+                        help="render the bundled public-domain melodies and run the whole pipeline on them: "
+                             "dataset, a small training preset, the discriminator sweep and generation")
+    parser.add_argument("--demo-dir", default="runs/demo", help="where the demo puts everything (default: runs/demo)")
     args = parser.parse_args(argv)
+    if args.demo:
+        import demo
+
+        try:
+            return demo.run_demo(args.demo_dir, args.set)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         config = load_config_from_yaml(args.config, args.set)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

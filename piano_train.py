@@ -391,6 +391,6 @@ def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_da
             + (f"val D acc real/fake {row['val/d_accuracy_real']:.2f}/{row['val/d_accuracy_fake']:.2f}  "
                if "val/d_accuracy_real" in row else "")
             + f"{row['seconds']:.1f}s" + ("  [saved]" if save_now else ""))
-        log(f"  health: D {row['health/d']} | G {row['health/g']} | Recon {row['health/recon']} | "
+        log(f"  health: D: {row['health/d']} | G: {row['health/g']} | Recon: {row['health/recon']} | "
             f"{row['health/oscillation']}")
     return history, "done"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project is flat scripts, not a package
@@ -47,3 +48,40 @@ def make_song():
     def make(path, seconds, channels=2, seed=0, sample_rate=16000):
         return write_audio(path, synth_song(seconds, sample_rate, channels, seed), sample_rate)
     return make
+
+
+SR = 8000
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for i in range(4):
+        write_audio(root / "music" / f"song{i}.mp3", synth_song(6.5, 16000, 2, seed=i), 16000)
+    import create_dataset
+    import prepare_dataset
+
+    assert prepare_dataset.main([str(root / "music"), "--out", str(root / "prepared"), "--sample-rate", str(SR),
+                                 "--clip-seconds", "3", "--workers", "1"]) == 0
+    assert create_dataset.main([str(root / "prepared"), "--out", str(root / "dataset"), "--chunk-seconds", "0.5",
+                                "--val-fraction", "0.25"]) == 0
+    return root / "dataset"
+
+
+def tiny_config(tmp_path, dataset, **sections):
+    """Write a tiny config to tmp_path and return its path; sections override keys of the tiny one."""
+    config = {
+        "data": {"dataset_dir": str(dataset), "sample_rate": SR, "batch_size": 4, "num_workers": 0},
+        "model": {"n_channels": 16, "seq_len": 2000, "latent_seq_len": 20, "latent_dim": 32, "num_heads": 4,
+                  "num_of_gaussians": 3, "noise_dim": 3000},
+        "discriminator": {"n_channels": 16},
+        "training": {"epochs": 2, "keys": 8, "pretrain_generator_epochs": 1, "pretrain_discriminator_epochs": 1},
+        "output": {"checkpoint_folder": str(tmp_path / "ck"), "music_out_folder": str(tmp_path / "samples"),
+                   "save_after_nepochs": 1, "samples_per_save": 2},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
