@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -148,6 +149,15 @@ def load_generator(folder, epoch, device):
     return generator.eval(), config, epoch
 
 
+def run_folder(checkpoint_folder=None, config=None):
+    """The run's checkpoint folder: --checkpoint-folder, else the output.checkpoint_folder of --config
+    (default config.yaml, or checkpoints/config.yaml when there is no config.yaml here)."""
+    if checkpoint_folder:
+        return Path(checkpoint_folder)
+    config_path = Path(config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
+    return Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
+
+
 def parse_range(text):
     """'540:700' -> (540, 700); '540:' and ':700' leave one end open."""
     try:
@@ -220,7 +230,7 @@ def write_outputs(rows, bands, verdict, gen_epoch, folder):
     ax.set_yscale("log")
     ax.set_xlabel("discriminator epoch")
     ax.set_ylabel("mean d_loss of G(noise), label real")
-    ax.set_title(verdict, fontsize=10)
+    ax.set_title(textwrap.fill(verdict, 110), fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -264,11 +274,7 @@ def main(argv=None):
         if args.samples < 2 or args.batch_size < 2:
             raise ValueError("--samples and --batch-size must be at least 2 (minibatch discrimination compares samples)")
         gen_epoch = "latest" if args.gen_epoch == "latest" else int(args.gen_epoch)
-        if args.checkpoint_folder:
-            folder = Path(args.checkpoint_folder)
-        else:
-            config_path = Path(args.config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
-            folder = Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
+        folder = run_folder(args.checkpoint_folder, args.config)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         rows, gen_epoch = sweep(folder, gen_epoch, parse_range(args.d_epochs), args.samples, args.batch_size, device,
                                 seed=args.seed)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from check_discriminator import build_discriminator, load_generator
-from config_reader import load_config_from_yaml, validate
+from check_discriminator import build_discriminator, load_generator, run_folder
+from config_reader import validate
 from utilities import CheckpointError, checkpoint_path, load_checkpoint
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -127,11 +127,7 @@ def main(argv=None):
         if args.rank_by_discriminator and not 1 <= args.rank_by_discriminator <= args.count:
             raise ValueError(f"--rank-by-discriminator {args.rank_by_discriminator} must be between 1 and --count "
                              f"({args.count}): it keeps the best K of --count candidates")
-        if args.checkpoint_folder:
-            folder = Path(args.checkpoint_folder)
-        else:
-            config_path = Path(args.config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
-            folder = Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
+        folder = run_folder(args.checkpoint_folder, args.config)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         epoch = "latest" if args.epoch == "latest" else int(args.epoch)
         generator, config, epoch = load_generator(folder, epoch, device)

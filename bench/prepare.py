@@ -15,7 +15,6 @@ Targets: speedup_2_workers >= 1.6, ratio_vs_ffmpeg >= 0.6, peak RSS per worker <
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import resource
 import subprocess
 import sys
 import textwrap

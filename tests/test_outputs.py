@@ -89,7 +89,8 @@ def test_the_sweep_writes_its_plot_csv_and_table(trained_run, capsys):
 def test_the_sweep_names_the_epochs_that_exist(trained_run, tmp_path, capsys):
     root, config = trained_run
     assert cd.main(["--gen-epoch", "690", "--config", str(config)]) == 2
-    assert "no generator of epoch 690" in capsys.readouterr().err and "epochs there: 1, 2, 3"
+    err = capsys.readouterr().err
+    assert "no generator of epoch 690" in err and "epochs there: 1, 2, 3" in err
     assert cd.main(["--gen-epoch", "3", "--checkpoint-folder", str(tmp_path)]) == 2
     assert "no generator checkpoints in" in capsys.readouterr().err
 
