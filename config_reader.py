@@ -118,6 +118,8 @@ SCHEMA = {
         "pretrain_generator_epochs": Field(1, "int", "epochs of reconstruction-only generator training first", low=0),
         "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
         "max_nonfinite_in_a_row": Field(5, "int", "stop after this many NaN/Inf updates in a row", low=1),
+        "eval_every": Field(10, "int", "log the Fréchet distance to the validation set every this many epochs; 0 is off", low=0),
+        "eval_samples": Field(16, "int", "generated clips and validation chunks that distance compares", low=2),
     },
     "loss_weights": {name: Field(weight, "float", "weight of this loss term; 0 skips it", low=0.0)
                      for name, weight in SEED_LOSS_WEIGHTS.items()},

@@ -214,12 +214,15 @@ def plot_losses(history, path):
     panels = [("Discriminator", ["d/total", "d/adversarial"], [(0.4, 0.7, "healthy")]),
               ("Generator", ["g/total", "g/adversarial"], [(BCE_CONFUSION, BCE_CONFUSION, "confusion")]),
               ("Reconstruction", ["g/recon", "val/recon"], [(0.4, 0.5, "good")]),
-              ("Validation", ["val/d_accuracy_real", "val/d_accuracy_fake"], [])]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+              ("Validation: D accuracy", ["val/d_accuracy_real", "val/d_accuracy_fake"], []),
+              ("Fréchet distance to validation (lower is closer)", ["val/frechet"], [])]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
+    axes.flat[-1].axis("off")
     for ax, (title, keys, bands) in zip(axes.flat, panels):
         for key in keys:
-            values = [row.get(key, float("nan")) for row in history]
-            ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, markersize=3, label=key)
+            points = [(row["epoch"], row[key]) for row in history if key in row]
+            ax.plot(*zip(*points) if points else ([], []), marker="o" if len(epochs) < 30 else None, markersize=3,
+                    label=key)
         for low, high, label in bands:
             if low == high:
                 ax.axhline(low, color="grey", linestyle="--", linewidth=1, label=label)
@@ -230,6 +233,7 @@ def plot_losses(history, path):
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
+    axes.flat[0].set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     fig.tight_layout()
     tmp = Path(path).with_name(".losses.tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -303,6 +307,15 @@ def validate(generator, discriminator, val_data, config, device, autocast):
             "val/recon": statistics.mean(recon)}
 
 
+def frechet_to_validation(generator, val_data, samples, seed, device):
+    """evaluate.py's Fréchet distance between fixed-noise generations and validation chunks."""
+    from evaluate import compare, generator_clips, validation_clips
+
+    real = validation_clips(val_data, samples)
+    fake = generator_clips(generator, len(real), seed, device)
+    return compare(real, fake, val_data.info["sample_rate"])["frechet"]
+
+
 def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
                   start_epoch=1, history=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
                   sample_rate=12000, log=print):
@@ -374,6 +387,8 @@ def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_da
         row.update({key: value / count for key, value in sorted(sums.items()) if not key.startswith("skipped/")})
         row["skipped_updates"] = sums.get("skipped/g", 0) + sums.get("skipped/d", 0)
         row.update(validate(generator, discriminator, val_data, config, device, autocast))
+        if t["eval_every"] and val_data is not None and (epoch % t["eval_every"] == 0 or epoch == t["epochs"]):
+            row["val/frechet"] = frechet_to_validation(generator, val_data, t["eval_samples"], t["seed"], device)
         row["seconds"] = round(time.perf_counter() - started, 2)
         history.append(row)
         row.update(health_report(history, t["adversarial_loss"]))
@@ -390,6 +405,7 @@ def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_da
             f"Recon {row.get('g/recon', float('nan')):.4f}  "
             + (f"val D acc real/fake {row['val/d_accuracy_real']:.2f}/{row['val/d_accuracy_fake']:.2f}  "
                if "val/d_accuracy_real" in row else "")
+            + (f"Fréchet {row['val/frechet']:.1f}  " if "val/frechet" in row else "")
             + f"{row['seconds']:.1f}s" + ("  [saved]" if save_now else ""))
         log(f"  health: D: {row['health/d']} | G: {row['health/g']} | Recon: {row['health/recon']} | "
             f"{row['health/oscillation']}")

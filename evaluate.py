@@ -1,0 +1,203 @@
+"""How far is generated audio from real audio? A Fréchet distance on music features, plus simple gaps.
+
+    python evaluate.py --epoch latest                        # the run's generator against its validation set
+    python evaluate.py --epoch 690 --config checkpoints/config.yaml --samples 64
+    python evaluate.py --real my_songs/ --fake generated/      # any two folders of audio (wav, flac, ogg, mp3)
+
+The embedding needs no download. Every clip is peak-normalized and mixed to mono, then cut into
+windows of about 1 s (half overlapping). Each window is described by the mean and spread of its log-mel
+spectrum, the mean and spread of its MFCCs, its chroma and its spectral contrast (librosa). The
+Fréchet distance between the two sets of windows (Gaussians fitted to each; lower is closer) is the
+headline figure. Beside it are the gaps in RMS loudness, silence ratio, spectral centroid and spectral
+flatness (1-D Wasserstein distances between the two sets' frame values). A table is printed; the last
+line is JSON.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from create_dataset import DatasetError
+from utilities import CheckpointError
+
+WINDOW_SECONDS = 1.0
+N_FFT, HOP = 1024, 256
+SILENCE_DB = -40.0  # a frame this far below the clip's peak counts as silent
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+
+
+def frame_features(clip, sample_rate):
+    """(dims, frames) feature rows of a mono clip, and the per-frame gap statistics as a dict of (frames,)."""
+    import librosa
+
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP,
+                                                             n_mels=40), ref=1.0, top_db=80)
+    mfcc = librosa.feature.mfcc(S=mel, n_mfcc=13)
+    chroma = librosa.feature.chroma_stft(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP)
+    contrast = librosa.feature.spectral_contrast(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP, fmin=100.0,
+                                                 n_bands=min(4, int(np.log2(sample_rate / 2 / 100))))
+    rms = librosa.feature.rms(y=clip, frame_length=N_FFT, hop_length=HOP)[0]
+    stats = {
+        "rms_db": 20 * np.log10(rms + 1e-8),
+        "silence": (20 * np.log10(rms + 1e-8) < SILENCE_DB).astype(np.float32),
+        "centroid_hz": librosa.feature.spectral_centroid(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP)[0],
+        "flatness": librosa.feature.spectral_flatness(y=clip, n_fft=N_FFT, hop_length=HOP)[0],
+    }
+    frames = min(mel.shape[1], chroma.shape[1], contrast.shape[1])
+    return mel[:, :frames], mfcc[:, :frames], chroma[:, :frames], contrast[:, :frames], stats
+
+
+def embed(clips, sample_rate):
+    """(windows, 123) embeddings of ~1 s windows over clips, and the pooled per-frame gap statistics.
+
+    clips: iterable of arrays (channels, samples) or (samples,). Each is peak-normalized and mixed to mono.
+    """
+    windows, pooled = [], {}
+    per_window = max(1, round(WINDOW_SECONDS * sample_rate / HOP))
+    for clip in clips:
+        clip = np.asarray(clip, np.float32)
+        mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+        peak = float(np.abs(mono).max())
+        mono = mono / peak * 0.9 if peak > 0 else mono
+        mel, mfcc, chroma, contrast, stats = frame_features(mono, sample_rate)
+        for name, values in stats.items():
+            pooled.setdefault(name, []).append(values)
+        frames = mel.shape[1]
+        for start in range(0, max(1, frames - per_window + 1), max(1, per_window // 2)):
+            s = slice(start, start + per_window)
+            windows.append(np.concatenate([mel[:, s].mean(1), mel[:, s].std(1), mfcc[:, s].mean(1), mfcc[:, s].std(1),
+                                           chroma[:, s].mean(1), contrast[:, s].mean(1)]))
+    if not windows:
+        raise ValueError("no audio to embed")
+    return np.stack(windows), {name: np.concatenate(values) for name, values in pooled.items()}
+
+
+def frechet_distance(a, b, eps=1e-6):
+    """Fréchet distance between Gaussians fitted to the rows of a and b: |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
+    from scipy import linalg
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"the Fréchet distance needs at least 2 windows on each side, got {len(a)} and {len(b)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    offset = np.eye(len(mu_a)) * eps
+    covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def compare(real_clips, fake_clips, sample_rate):
+    """{"frechet": float, "gaps": {stat: {"real", "fake", "wasserstein"}}, "windows": {...}} for two sets of clips."""
+    from scipy.stats import wasserstein_distance
+
+    real, real_stats = embed(real_clips, sample_rate)
+    fake, fake_stats = embed(fake_clips, sample_rate)
+    gaps = {name: {"real": float(real_stats[name].mean()), "fake": float(fake_stats[name].mean()),
+                   "wasserstein": float(wasserstein_distance(real_stats[name], fake_stats[name]))}
+            for name in real_stats}
+    return {"frechet": frechet_distance(real, fake), "gaps": gaps, "windows": {"real": len(real), "fake": len(fake)}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources of clips
+
+
+def load_folder(folder, sample_rate=None):
+    """(clips, sample_rate) from every audio file under folder, resampled to sample_rate (default: the first file's)."""
+    import soundfile
+    import soxr
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    clips = []
+    for path in paths:
+        try:
+            audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError) as e:
+            raise ValueError(f"{path} cannot be read ({e})") from e
+        sample_rate = sample_rate or rate
+        if rate != sample_rate:
+            audio = soxr.resample(audio, rate, sample_rate)
+        clips.append(audio.T)
+    return clips, sample_rate
+
+
+def generator_clips(generator, count, seed, device, batch_size=8):
+    """`count` waveforms from the generator (eval mode, seeded), as (C, T) arrays."""
+    import torch
+
+    rng = torch.Generator().manual_seed(seed)
+    was_training = generator.training
+    generator.eval()
+    clips = []
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leaves training's random stream alone
+        torch.manual_seed(seed)  # the generator's own sampling draws from the global RNG
+        for start in range(0, count, batch_size):
+            n = min(batch_size, count - start)
+            noise = torch.randn(n, generator.sound_channels, generator.noise_dim, generator=rng).to(device)
+            clips += list(generator(noise)[2].float().cpu().numpy())
+    generator.train(was_training)
+    return clips
+
+
+def validation_clips(dataset, count):
+    """Up to `count` validation chunks (start crops), as the model sees them (embed normalizes the level)."""
+    return [dataset[i][0].numpy() for i in range(min(count, len(dataset)))]
+
+
+def print_report(result, real_name, fake_name):
+    print(f"Fréchet distance ({real_name} vs {fake_name}): {result['frechet']:.3f}   "
+          f"(windows: {result['windows']['real']} real, {result['windows']['fake']} fake; lower is closer)")
+    print(f"{'statistic':<14}{'real':>12}{'generated':>12}{'gap (W1)':>12}")
+    for name, gap in result["gaps"].items():
+        print(f"{name:<14}{gap['real']:>12.4g}{gap['fake']:>12.4g}{gap['wasserstein']:>12.4g}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", help="a folder of real audio (with --fake)")
+    parser.add_argument("--fake", help="a folder of generated audio (with --real)")
+    parser.add_argument("--sample-rate", type=int, default=None, help="resample folders to this rate (default: the first file's)")
+    parser.add_argument("--epoch", help="evaluate this generator epoch (or latest) against the run's validation set")
+    parser.add_argument("--config", default=None, help="the run's config (default: config.yaml or checkpoints/config.yaml)")
+    parser.add_argument("--checkpoint-folder", default=None, help="the run's folder (overrides the config's)")
+    parser.add_argument("--samples", type=int, default=32, help="generated clips and validation chunks to compare (default: 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generator's noise (default: 0)")
+    args = parser.parse_args(argv)
+    try:
+        if args.real and args.fake:
+            real, rate = load_folder(args.real, args.sample_rate)
+            fake, _ = load_folder(args.fake, rate)
+            names = (args.real, args.fake)
+        elif args.epoch:
+            import torch
+
+            from check_discriminator import load_generator, run_folder
+            from piano_model import AudioDataset
+
+            folder = run_folder(args.checkpoint_folder, args.config)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            epoch = "latest" if args.epoch == "latest" else int(args.epoch)
+            generator, config, epoch = load_generator(folder, epoch, device)
+            val = AudioDataset.from_dataset_dir(config["data"]["dataset_dir"], "validation", config["model"]["seq_len"])
+            real, rate = validation_clips(val, args.samples), config["data"]["sample_rate"]
+            fake = generator_clips(generator, args.samples, args.seed, device)
+            names = ("validation set", f"generator epoch {epoch}")
+        else:
+            raise ValueError("give --real and --fake folders, or --epoch to evaluate a run's generator")
+        result = compare(real, fake, rate)
+    except (ValueError, DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(result, *names)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""evaluate.py: the Fréchet distance must rank what a listener would rank, and training must log it."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfilt
+
+import evaluate
+import piano_main
+from conftest import synth_song, tiny_config, write_audio
+
+SR = 12000
+
+
+@pytest.fixture(scope="module")
+def songs():
+    return {"a": [synth_song(6, SR, 2, seed=i).T for i in range(3)],
+            "b": [synth_song(6, SR, 2, seed=20 + i).T for i in range(3)]}
+
+
+def test_real_against_real_is_far_closer_than_real_against_white_noise(songs):
+    noise = [np.random.default_rng(i).standard_normal((2, 6 * SR)).astype(np.float32) for i in range(3)]
+    same = evaluate.compare(songs["a"], songs["b"], SR)
+    far = evaluate.compare(songs["a"], noise, SR)
+    assert same["frechet"] * 10 < far["frechet"]
+    assert far["gaps"]["flatness"]["wasserstein"] > 10 * same["gaps"]["flatness"]["wasserstein"]
+
+
+def test_real_against_real_is_closer_than_real_against_real_low_passed_at_1_khz(songs):
+    sos = butter(8, 1000, "low", fs=SR, output="sos")
+    low_passed = [sosfilt(sos, clip, axis=1).astype(np.float32) for clip in songs["b"]]
+    same = evaluate.compare(songs["a"], songs["b"], SR)
+    dull = evaluate.compare(songs["a"], low_passed, SR)
+    assert same["frechet"] < dull["frechet"]
+    assert dull["gaps"]["centroid_hz"]["fake"] < same["gaps"]["centroid_hz"]["fake"]
+
+
+def test_frechet_distance_of_known_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 3))
+    b = rng.standard_normal((4000, 3)) * 2 + np.array([1.0, 0.0, 0.0])
+    # |mu|^2 = 1; each dimension: 1 + 4 - 2 * sqrt(1 * 4) = 1, so 3 in all: 4.
+    assert evaluate.frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
+    assert evaluate.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_the_folder_cli_prints_a_table_and_ends_with_json(songs, tmp_path, capsys):
+    for name, clips in songs.items():
+        for i, clip in enumerate(clips):
+            write_audio(tmp_path / name / f"{i}.wav", clip.T, SR)
+    assert evaluate.main(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "b")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("Fréchet distance") and "centroid_hz" in "\n".join(lines)
+    assert json.loads(lines[-1])["frechet"] > 0
+    assert evaluate.main(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "nothing")]) == 2
+
+
+def test_training_logs_the_frechet_distance(tmp_path, dataset, capsys):
+    config = tiny_config(tmp_path, dataset, training={"epochs": 2, "keys": 8, "eval_every": 1, "eval_samples": 4})
+    assert piano_main.main(["--config", str(config)]) == 0
+    with open(tmp_path / "ck" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(row["val/frechet"]) > 0 for row in rows)
+    assert "Fréchet" in capsys.readouterr().out
+    assert evaluate.main(["--epoch", "latest", "--config", str(config), "--samples", "4"]) == 0
