@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from config_reader import load_config_from_yaml, validate
 from create_dataset import DatasetError
-from discriminator import Discriminator_with_mdisc
+from discriminator import build_discriminator
 from piano_model import AudioDataset, VariationalAttentionModel
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, load_checkpoint
 
@@ -127,12 +127,6 @@ def spearman(xs, ys):
 # The sweep
 
 
-def build_discriminator(config):
-    d, m = config["discriminator"], config["model"]
-    return Discriminator_with_mdisc(m["sound_channels"], d["n_channels"], m["seq_len"], d["mdisc_kernels"],
-                                    d["mdisc_kernel_dim"], d["use_minibatch_discrimination"])
-
-
 def load_generator(folder, epoch, device):
     """(generator in eval mode, its config) from folder/generator_epoch_{epoch}.pt; epoch may be 'latest'."""
     epochs = checkpoint_epochs(folder, "generator")
@@ -196,10 +190,11 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
         disc = build_discriminator(validate(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device)
         disc.load_state_dict(state["model_state_dict"])
         disc.eval()
-        losses = [F.softplus(-disc(fake).float()).mean() * len(fake) for fake in fakes]  # BCE(logit, real)
+        losses = [F.softplus(-disc(fake).float()).mean() * len(fake) for fake in fakes]  # BCE(logits, real)
         row = {"d_epoch": epoch, "d_loss_real_label": float(sum(losses)) / samples}
         if real is not None and len(real) >= 2:
-            correct = sum(int((disc(chunk).float() > 0).sum()) for chunk in real.split(batch_size) if len(chunk) >= 2)
+            correct = sum(int((disc(chunk).float().mean(dim=1) > 0).sum())  # per sample: its mean logit
+                          for chunk in real.split(batch_size) if len(chunk) >= 2)
             row["val_accuracy_real"] = correct / len(real)
         rows.append(row)
     return rows, gen_epoch

@@ -101,6 +101,10 @@ SCHEMA = {
         "use_minibatch_discrimination": Field(True, "bool", "compare the samples of a batch (against mode collapse)"),
         "mdisc_kernels": Field(16, "int", "minibatch-discrimination projections", low=1),
         "mdisc_kernel_dim": Field(8, "int", "size of each projection", low=1),
+        "use_waveform_mdisc": Field(True, "bool", "the seed's waveform discriminator with minibatch discrimination"),
+        "multi_scale": Field(False, "bool", "add MelGAN's multi-scale waveform discriminator"),
+        "multi_resolution_stft": Field(False, "bool", "add a multi-resolution STFT (spectrogram) discriminator"),
+        "width": Field(16, "int", "base width of the multi-scale and STFT discriminators", low=1),
     },
     "training": {
         "epochs": Field(700, "int", "epochs of adversarial training", low=0),
@@ -118,6 +122,7 @@ SCHEMA = {
         "pretrain_generator_epochs": Field(1, "int", "epochs of reconstruction-only generator training first", low=0),
         "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
         "max_nonfinite_in_a_row": Field(5, "int", "stop after this many NaN/Inf updates in a row", low=1),
+        "time_budget_minutes": Field(0.0, "float", "stop after the epoch that uses up this many minutes (pretraining included); 0 is off", low=0.0),
         "eval_every": Field(10, "int", "log the Fréchet distance to the validation set every this many epochs; 0 is off", low=0),
         "eval_samples": Field(16, "int", "generated clips and validation chunks that distance compares", low=2),
     },

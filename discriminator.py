@@ -104,3 +104,137 @@ class Discriminator_with_mdisc(nn.Module):  # noqa: N801  (public name, kept for
             pooled = torch.cat([pooled, self.mdisc(pooled)], dim=1)
         logits = self.head(pooled)  # (B, 1)
         return (logits, features) if return_features else logits
+
+
+# ---------------------------------------------------------------------------------------------
+# The field's discriminators, used together with (or instead of) the seed's when the config enables them
+
+
+class ScaleDiscriminator(nn.Module):
+    """MelGAN's waveform discriminator at one scale: wide grouped strided convolutions, a logit per frame."""
+
+    def __init__(self, input_dim, width=16, max_width=256):
+        super().__init__()
+        w = [width, min(width * 4, max_width), min(width * 16, max_width)]
+        self.layers = nn.ModuleList([
+            spectral_norm(nn.Conv1d(input_dim, w[0], 15, padding=7)),
+            spectral_norm(nn.Conv1d(w[0], w[1], 41, stride=4, padding=20, groups=4)),
+            spectral_norm(nn.Conv1d(w[1], w[2], 41, stride=4, padding=20, groups=16)),
+            spectral_norm(nn.Conv1d(w[2], w[2], 5, padding=2)),
+        ])
+        self.out = spectral_norm(nn.Conv1d(w[2], 1, 3, padding=1))
+
+    def forward(self, x):
+        features = []
+        for layer in self.layers:
+            x = F.leaky_relu(layer(x), 0.2)
+            features.append(x)
+        return self.out(x).flatten(1), features  # (B, frames)
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """Three ScaleDiscriminators on the waveform at full, half and quarter rate (MelGAN, HiFi-GAN)."""
+
+    def __init__(self, input_dim, width=16, scales=3):
+        super().__init__()
+        self.scales = nn.ModuleList(ScaleDiscriminator(input_dim, width) for _ in range(scales))
+
+    def forward(self, x):
+        logits, features = [], []
+        for i, scale in enumerate(self.scales):
+            if i:
+                x = F.avg_pool1d(x, 4, stride=2, padding=1)
+            out, feats = scale(x)
+            logits.append(out)
+            features += feats
+        return torch.cat(logits, dim=1), features
+
+
+class STFTDiscriminator(nn.Module):
+    """2-D convolutions over the log-magnitude spectrogram of each channel at one resolution (UnivNet, DAC)."""
+
+    def __init__(self, input_dim, n_fft, width=16):
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.layers = nn.ModuleList([
+            spectral_norm(nn.Conv2d(input_dim, width, (3, 9), padding=(1, 4))),
+            spectral_norm(nn.Conv2d(width, width, (3, 9), stride=(1, 2), padding=(1, 4))),
+            spectral_norm(nn.Conv2d(width, width, (3, 9), stride=(1, 2), padding=(1, 4))),
+            spectral_norm(nn.Conv2d(width, width, (3, 3), padding=1)),
+        ])
+        self.out = spectral_norm(nn.Conv2d(width, 1, (3, 3), padding=1))
+
+    def forward(self, x):
+        batch, channels, length = x.shape
+        with torch.autocast(x.device.type, enabled=False):  # the STFT runs in float32
+            spec = torch.stft(x.float().reshape(batch * channels, length), self.n_fft, self.n_fft // 4,
+                              window=self.window, return_complex=True)
+            h = torch.log1p(spec.abs()).view(batch, channels, *spec.shape[1:]).transpose(2, 3)  # (B, C, frames, bins)
+        features = []
+        for layer in self.layers:
+            h = F.leaky_relu(layer(h), 0.2)
+            features.append(h)
+        return self.out(h).flatten(1), features
+
+
+class MultiResolutionSTFTDiscriminator(nn.Module):
+    def __init__(self, input_dim, fft_sizes=(256, 512, 1024), width=16):
+        super().__init__()
+        self.resolutions = nn.ModuleList(STFTDiscriminator(input_dim, n, width) for n in fft_sizes)
+
+    def forward(self, x):
+        logits, features = [], []
+        for resolution in self.resolutions:
+            out, feats = resolution(x)
+            logits.append(out)
+            features += feats
+        return torch.cat(logits, dim=1), features
+
+
+class MultiDiscriminator(nn.Module):
+    """Several discriminators as one: logits (B, K) side by side, features one list. The adversarial losses
+    average over all K logits; a per-sample verdict is the mean logit of its row."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleDict(members)
+
+    @property
+    def mdisc(self):  # minibatch discrimination, if the seed's discriminator is a member
+        seed = self.members["waveform_mdisc"] if "waveform_mdisc" in self.members else None
+        return seed.mdisc if seed is not None else None
+
+    def get_intermediate_features(self, x):
+        return self(x, return_features=True)[1]
+
+    def forward(self, x, return_features=False):
+        logits, features = [], []
+        for member in self.members.values():
+            if isinstance(member, Discriminator_with_mdisc):
+                out, feats = member(x, return_features=True)
+            else:
+                out, feats = member(x)
+            logits.append(out.flatten(1))
+            features += feats
+        logits = torch.cat(logits, dim=1)
+        return (logits, features) if return_features else logits
+
+
+def build_discriminator(config):
+    """The discriminator the config asks for: the seed's alone (as before), or several as a MultiDiscriminator."""
+    d, m = config["discriminator"], config["model"]
+    members = {}
+    if d["use_waveform_mdisc"]:
+        members["waveform_mdisc"] = Discriminator_with_mdisc(m["sound_channels"], d["n_channels"], m["seq_len"],
+                                                             d["mdisc_kernels"], d["mdisc_kernel_dim"],
+                                                             d["use_minibatch_discrimination"])
+    if d["multi_scale"]:
+        members["multi_scale"] = MultiScaleDiscriminator(m["sound_channels"], d["width"])
+    if d["multi_resolution_stft"]:
+        members["multi_resolution_stft"] = MultiResolutionSTFTDiscriminator(m["sound_channels"], width=d["width"])
+    if not members:
+        raise ValueError("discriminator: enable at least one of use_waveform_mdisc, multi_scale, multi_resolution_stft")
+    if list(members) == ["waveform_mdisc"]:
+        return members["waveform_mdisc"]  # the seed's layout: its checkpoints load as before
+    return MultiDiscriminator(members)

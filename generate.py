@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from check_discriminator import build_discriminator, load_generator, run_folder
+from check_discriminator import load_generator, run_folder
 from config_reader import validate
+from discriminator import build_discriminator
 from utilities import CheckpointError, checkpoint_path, load_checkpoint
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -97,9 +98,9 @@ def discriminator_scores(folder, epoch, config, segments, device, batch_size=8):
         for batch in flat.split(batch_size):
             if len(batch) < 2:  # minibatch discrimination needs company: score the last one beside its neighbour
                 batch = torch.cat([flat[-2:-1], batch])
-                logits.append(disc(batch.to(device)).float().cpu()[1:])
+                logits.append(disc(batch.to(device)).float().mean(dim=1).cpu()[1:])
             else:
-                logits.append(disc(batch.to(device)).float().cpu())
+                logits.append(disc(batch.to(device)).float().mean(dim=1).cpu())
     return torch.cat(logits).view(count, per_piece).mean(dim=1)
 
 

@@ -53,7 +53,7 @@ def segment_std(x, keys):
 def match_statistics(real_stats, fake_stats, d_fake_logits=None):
     """Mean squared gap between each fake's statistics (B, ...) and the real batch's mean statistics.
 
-    Without logits this is a plain matching term for the generator. With d_fake_logits (B, 1) each
+    Without logits this is a plain matching term for the generator. With d_fake_logits (B, K) each
     fake's gap is fixed and weighted by sigmoid(logit), the discriminator's belief that the fake is
     real: minimizing it teaches the discriminator to reject fakes whose statistics are off.
     """
@@ -61,7 +61,8 @@ def match_statistics(real_stats, fake_stats, d_fake_logits=None):
     gap = (fake_stats.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     if d_fake_logits is None:
         return gap.mean()
-    return (torch.sigmoid(d_fake_logits.float().view(-1)) * gap.detach()).mean()
+    belief = torch.sigmoid(d_fake_logits.float().flatten(1).mean(dim=1))  # (B,): one verdict per fake
+    return (belief * gap.detach()).mean()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=l
 import argparse
 import random
 import sys
+import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from config_reader import load_config_from_yaml, write_config
 from create_dataset import DatasetError, load_dataset_info
-from discriminator import Discriminator_with_mdisc
+from discriminator import build_discriminator
 from loss_functions import MultiResolutionSTFTLoss
 from piano_model import AudioDataset, VariationalAttentionModel
 from piano_pretrain import pretrain_discriminator, pretrain_generator
@@ -105,6 +106,7 @@ def load_model_state(model, state, path):
 
 
 def run(config, device, log=print):
+    started = time.monotonic()
     t, out = config["training"], config["output"]
     dataset_dir = config["data"]["dataset_dir"]
     info = load_dataset_info(dataset_dir)
@@ -121,10 +123,7 @@ def run(config, device, log=print):
     np.random.seed(t["seed"])
     random.seed(t["seed"])
     generator = VariationalAttentionModel(**config["model"]).to(device)
-    d_cfg = config["discriminator"]
-    discriminator = Discriminator_with_mdisc(config["model"]["sound_channels"], d_cfg["n_channels"],
-                                             config["model"]["seq_len"], d_cfg["mdisc_kernels"],
-                                             d_cfg["mdisc_kernel_dim"], d_cfg["use_minibatch_discrimination"]).to(device)
+    discriminator = build_discriminator(config).to(device)
     optim_g = torch.optim.Adam(generator.parameters(), t["learning_rate"], betas=tuple(t["betas"]))
     optim_d = torch.optim.Adam(discriminator.parameters(), t["learning_rate_disc"], betas=tuple(t["betas"]))
     stft = MultiResolutionSTFTLoss().to(device) if config["loss_weights"]["stft"] else None
@@ -160,7 +159,9 @@ def run(config, device, log=print):
         pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d, log=log)
     history, status = train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device,
                                     start_epoch=start_epoch, history=history, scaler_g=scaler_g, scaler_d=scaler_d,
-                                    autocast=autocast, stft=stft, sample_rate=info["sample_rate"], log=log)
+                                    autocast=autocast, stft=stft, sample_rate=info["sample_rate"],
+                                    deadline=started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None,
+                                    log=log)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
     return status

@@ -292,11 +292,11 @@ def validate(generator, discriminator, val_data, config, device, autocast):
         noise = torch.randn(target.shape[0], generator.sound_channels, generator.noise_dim, generator=noise_rng).to(device)
         with autocast():
             fake = generator(noise)[2]
-            if target.shape[0] < 2 and discriminator.mdisc is not None:
+            if target.shape[0] < 2 and getattr(discriminator, "mdisc", None) is not None:
                 continue  # minibatch discrimination needs two samples
             real_logits, fake_logits = discriminator(target), discriminator(fake)
-        correct_real += int((real_logits.float() > 0).sum())
-        correct_fake += int((fake_logits.float() < 0).sum())
+        correct_real += int((real_logits.float().mean(dim=1) > 0).sum())  # per sample: its mean logit
+        correct_fake += int((fake_logits.float().mean(dim=1) < 0).sum())
         total += target.shape[0]
         recon.append(float(reconstruction_loss(fake, target)))
     generator.train()
@@ -318,8 +318,8 @@ def frechet_to_validation(generator, val_data, samples, seed, device):
 
 def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
                   start_epoch=1, history=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
-                  sample_rate=12000, log=print):
-    """Adversarial training from start_epoch to config.training.epochs.
+                  sample_rate=12000, deadline=None, log=print):
+    """Adversarial training from start_epoch to config.training.epochs (or until time.monotonic() passes deadline).
 
     Each epoch: a progress bar with running D, G and Recon losses; then validation, the per-epoch means
     of every loss term with the health verdicts (printed, and appended to history / metrics.csv /
@@ -392,7 +392,8 @@ def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_da
         row["seconds"] = round(time.perf_counter() - started, 2)
         history.append(row)
         row.update(health_report(history, t["adversarial_loss"]))
-        save_now = epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"]
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        save_now = epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time
         if save_now:
             if out["samples_per_save"]:
                 write_samples(generator, sample_noise, Path(out["music_out_folder"]) / f"epoch_{epoch}", sample_rate,
@@ -409,4 +410,7 @@ def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_da
             + f"{row['seconds']:.1f}s" + ("  [saved]" if save_now else ""))
         log(f"  health: D: {row['health/d']} | G: {row['health/g']} | Recon: {row['health/recon']} | "
             f"{row['health/oscillation']}")
+        if out_of_time:
+            log(f"time budget of {t['time_budget_minutes']:g} minutes used up after epoch {epoch}")
+            break
     return history, "done"

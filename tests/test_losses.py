@@ -269,3 +269,41 @@ def test_the_discriminator_loss_never_reaches_the_generator(monkeypatch):
     train_step(generator, disc, torch.optim.SGD(generator.parameters(), 1e-3), torch.optim.SGD(disc.parameters(), 1e-3),
                [torch.randn(2, 2, 600), torch.randn(2, 2, 600)], weights=L.SEED_LOSS_WEIGHTS, keys=KEYS)
     assert reached == [0, 0]  # one discriminator loss per accumulated batch, none touching the generator
+
+
+@pytest.mark.parametrize("members", [
+    {"use_waveform_mdisc": True, "multi_scale": True, "multi_resolution_stft": False},
+    {"use_waveform_mdisc": False, "multi_scale": False, "multi_resolution_stft": True},
+    {"use_waveform_mdisc": True, "multi_scale": True, "multi_resolution_stft": True},
+])
+@pytest.mark.parametrize("kind", L.ADVERSARIAL_KINDS)
+def test_each_discriminator_option_builds_and_takes_a_training_step(members, kind):
+    import config_reader
+    from discriminator import MultiDiscriminator, build_discriminator
+
+    config = config_reader.validate({"model": TINY, "discriminator": {"n_channels": 16, "width": 8, **members}})
+    torch.manual_seed(0)
+    disc = build_discriminator(config)
+    assert isinstance(disc, MultiDiscriminator) and len(disc.members) == sum(members.values())
+    logits, features = disc(torch.randn(3, 2, 600), return_features=True)
+    assert logits.shape[0] == 3 and logits.dim() == 2 and all(f.shape[0] == 3 for f in features)
+    generator = VariationalAttentionModel(**TINY)
+    d_before = [p.detach().clone() for p in disc.parameters()]
+    weights = {**L.SEED_LOSS_WEIGHTS, "feature_matching": 1.0}
+    logs = train_step(generator, disc, torch.optim.Adam(generator.parameters(), 1e-3), torch.optim.Adam(disc.parameters(), 1e-3),
+                      torch.randn(3, 2, 600), weights=weights, keys=KEYS, kind=kind, smoothing=0.1)
+    assert all(math.isfinite(v) for v in logs.values()) and logs["skipped/d"] == 0
+    changed = sum(not torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+    assert changed >= len(d_before) - 2  # every member learned (spectral norm's originals, projections, heads)
+
+
+def test_the_seed_discriminator_alone_keeps_its_checkpoint_layout():
+    import config_reader
+    from discriminator import build_discriminator
+
+    config = config_reader.validate({"model": TINY, "discriminator": {"n_channels": 16}})
+    disc = build_discriminator(config)
+    assert isinstance(disc, Discriminator_with_mdisc)
+    assert set(disc.state_dict()) == set(Discriminator_with_mdisc(2, 16, 600).state_dict())
+    with pytest.raises(ValueError, match="enable at least one"):
+        build_discriminator(config_reader.validate({"model": TINY, "discriminator": {"use_waveform_mdisc": False}}))

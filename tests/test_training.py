@@ -231,3 +231,12 @@ def test_health_report_follows_the_seed_tables():
     assert exploding["health/g"].startswith("exploding")
     assert piano_train.health_report(rows([0.693], [0.69], [0.45]))["health/d"].startswith("at the confusion point")
     assert "does not apply" in piano_train.health_report(rows([0.5], [1], [0.4]), kind="hinge")["health/d"]
+
+
+def test_a_time_budget_stops_after_the_epoch_that_uses_it_up(tmp_path, dataset, capsys):
+    config = tiny_config(tmp_path, dataset, training={"epochs": 50, "keys": 8, "time_budget_minutes": 0.0001},
+                         output={"save_after_nepochs": 10})
+    assert piano_main.main(["--config", str(config)]) == 0
+    assert [row["epoch"] for row in read_metrics(tmp_path / "ck")] == ["1"]
+    assert load_checkpoint(tmp_path / "ck" / "generator_epoch_1.pt")["epoch"] == 1
+    assert "time budget of 0.0001 minutes used up after epoch 1" in capsys.readouterr().out
