@@ -57,6 +57,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per recipe (default: 4)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes to run")
     parser.add_argument("--report", default="docs/experiments.md", help="where the results table goes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args()
 
     work = (ROOT / args.work).resolve()
@@ -76,7 +77,7 @@ def main():
         if (folder / "checkpoints").exists():
             subprocess.run(["rm", "-rf", str(folder)], check=True)
         started = time.monotonic()
-        run([python, "piano_main.py", "--device", "cpu", *[a for o in overrides for a in ("--set", o)]], log)
+        run([python, "piano_main.py", "--device", args.device, *[a for o in overrides for a in ("--set", o)]], log)
         seconds = time.monotonic() - started
         with open(folder / "checkpoints" / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
@@ -86,7 +87,7 @@ def main():
             raise SystemExit(f"evaluate.py failed for {name}:\n{out.stderr}")
         evaluation = json.loads(out.stdout.strip().splitlines()[-1])
         run([python, "generate.py", "--epoch", "latest", "--checkpoint-folder", folder / "checkpoints", "--count", "12",
-             "--seconds", "8", "--rank-by-discriminator", "3", "--out", folder / "audio", "--device", "cpu"], log)
+             "--seconds", "8", "--rank-by-discriminator", "3", "--out", folder / "audio", "--device", args.device], log)
         last = rows[-1]
         results[name] = {
             "frechet": round(evaluation["frechet"], 1),
@@ -108,8 +109,8 @@ def write_report(results, args, path):
     lines = [
         "# Experiment: which recipe makes the most music-like audio?",
         "",
-        f"Made by `python bench/experiment.py --minutes {args.minutes:g}` on {time.strftime('%Y-%m-%d')}, on a "
-        "2-core CPU with no GPU.",
+        f"Made by `python bench/experiment.py --minutes {args.minutes:g} --device {args.device}` on "
+        f"{time.strftime('%Y-%m-%d')}.",
         f"- Music: `{args.music}`, resampled to 12 kHz stereo, cut into 30 s clips and 3 s chunks. One song is held out for validation.",
         f"- Budget: each recipe trains for {args.minutes:g} minutes of wall clock, pretraining included "
         "(`training.time_budget_minutes`).",
