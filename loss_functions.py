@@ -246,6 +246,17 @@ def generator_adversarial_loss(fake_logits, kind="bce"):
 # The sums, as the config weights them. A weight of 0 skips computing the term.
 
 
+# The statistic-matching terms, (real, fake, d_fake_logits or None, keys) -> loss. The generator weighs
+# each as "<name>_match" (plain matching), the discriminator as "d_<name>" (weighted by its belief).
+STATISTIC_TERMS = {
+    "melody": lambda real, fake, logits, keys: melody_loss_d(real, fake, logits, keys=keys),
+    "silence": lambda real, fake, logits, keys: silence_loss_d(real, fake, logits),
+    "std": lambda real, fake, logits, keys: compute_std_loss_d(real, fake, logits, keys=keys),
+    "min_max": lambda real, fake, logits, keys: min_max_stats_loss_d(real, fake, logits, keys=keys),
+    "kl_songs": lambda real, fake, logits, keys: kl_loss_songs_d(real, fake, logits),
+}
+
+
 def generator_loss(fake, target, mu, logvar, fake_logits, weights, keys=33, kind="bce", stft=None,
                    real_features=None, fake_features=None):
     """(total, {name: term}) for the generator. stft is a MultiResolutionSTFTLoss, needed when its weight is set;
@@ -268,14 +279,9 @@ def generator_loss(fake, target, mu, logvar, fake_logits, weights, keys=33, kind
         terms["stft"] = stft(fake, target)
     if w("feature_matching", 0):
         terms["feature_matching"] = feature_matching_loss(real_features, fake_features)
-    matching = {"melody_match": melody_loss_d, "std_match": compute_std_loss_d, "min_max_match": min_max_stats_loss_d}
-    for name, fn in matching.items():
-        if w(name, 0):
-            terms[name] = fn(target, fake, keys=keys)
-    if w("silence_match", 0):
-        terms["silence_match"] = silence_loss_d(target, fake)
-    if w("kl_songs_match", 0):
-        terms["kl_songs_match"] = kl_loss_songs_d(target, fake)
+    for name, statistic in STATISTIC_TERMS.items():  # plain matching, unweighted by the discriminator
+        if w(f"{name}_match", 0):
+            terms[f"{name}_match"] = statistic(target, fake, None, keys)
     total = sum(weights[name] * term for name, term in terms.items())
     return total, terms
 
@@ -286,15 +292,8 @@ def discriminator_loss(real, fake, real_logits, fake_logits, weights, keys=33, k
     w = weights.get
     terms = {"adversarial": discriminator_adversarial_loss(real_logits, fake_logits, kind, smoothing)}
     fake = fake.detach()
-    if w("d_melody", 0):
-        terms["melody"] = melody_loss_d(real, fake, fake_logits, keys=keys)
-    if w("d_silence", 0):
-        terms["silence"] = silence_loss_d(real, fake, fake_logits)
-    if w("d_std", 0):
-        terms["std"] = compute_std_loss_d(real, fake, fake_logits, keys=keys)
-    if w("d_min_max", 0):
-        terms["min_max"] = min_max_stats_loss_d(real, fake, fake_logits, keys=keys)
-    if w("d_kl_songs", 0):
-        terms["kl_songs"] = kl_loss_songs_d(real, fake, fake_logits)
+    for name, statistic in STATISTIC_TERMS.items():
+        if w(f"d_{name}", 0):
+            terms[name] = statistic(real, fake, fake_logits, keys)
     total = terms["adversarial"] + sum(weights["d_" + name] * term for name, term in terms.items() if name != "adversarial")
     return total, terms

@@ -224,6 +224,10 @@ def test_a_weight_of_zero_skips_the_term():
     assert list(terms) == ["recon"] and float(total) == pytest.approx(2 * float(terms["recon"]))
     total, terms = L.discriminator_loss(real, fake, torch.zeros(2, 1), torch.zeros(2, 1), L.SEED_LOSS_WEIGHTS, keys=KEYS)
     assert sorted(terms) == ["adversarial", "kl_songs", "melody", "silence", "std"]
+    matching = {f"{name}_match": 1.0 for name in L.STATISTIC_TERMS}
+    total, terms = L.generator_loss(fake, real, mu, logvar, torch.zeros(2, 1), matching, keys=KEYS)
+    assert sorted(terms) == sorted(matching) and all(torch.isfinite(v) for v in terms.values())
+    assert float(terms["std_match"]) == pytest.approx(float(L.compute_std_loss_d(real, fake, keys=KEYS)))
 
 
 TINY = dict(sound_channels=2, n_channels=16, seq_len=600, latent_seq_len=20, latent_dim=32, num_heads=4,
