@@ -21,6 +21,7 @@ and ends with a verdict:
 import argparse
 import csv
 import math
+import statistics
 import sys
 import textwrap
 from pathlib import Path
@@ -74,7 +75,7 @@ def classify_sweep(epochs, losses):
     logs = [math.log10(max(losses[i], 1e-12)) for i in order]
     bands = {}
     if max(losses) / max(min(losses), 1e-12) < 3:
-        level = statistics_mean(losses)
+        level = statistics.mean(losses)
         band = BANDS[0] if level < FOOLED_BELOW else BANDS[2] if level > SEES_THROUGH_ABOVE else BANDS[1]
         bands = {epochs[i]: band for i in order}
     else:
@@ -92,10 +93,6 @@ def classify_sweep(epochs, losses):
     else:
         verdict = "mixed: the losses do not rise with the discriminator's epoch; look at the plot"
     return bands, verdict
-
-
-def statistics_mean(values):
-    return sum(values) / len(values)
 
 
 def spearman(xs, ys):
@@ -117,7 +114,7 @@ def spearman(xs, ys):
         return result
 
     rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics_mean(rx), statistics_mean(ry)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
     return cov / var if var else 0.0
@@ -278,9 +275,9 @@ def main(argv=None):
         return 2
     bands, verdict = classify_sweep([r["d_epoch"] for r in rows], [r["d_loss_real_label"] for r in rows])
     accuracies = [r["val_accuracy_real"] for r in rows if "val_accuracy_real" in r]
-    if accuracies and statistics_mean(accuracies) < 0.5:
+    if accuracies and statistics.mean(accuracies) < 0.5:
         verdict += (f"; but these discriminators also call most real chunks fake (mean accuracy on real "
-                    f"{statistics_mean(accuracies):.2f}), so a high loss here is not strength")
+                    f"{statistics.mean(accuracies):.2f}), so a high loss here is not strength")
     print(f"generator of epoch {gen_epoch} against {len(rows)} discriminators, {args.samples} fixed fakes")
     print_table(rows, bands)
     csv_path, png_path = write_outputs(rows, bands, verdict, gen_epoch, folder)
