@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from loss_functions import discriminator_loss, kl_divergence_loss, reconstruction_loss
-from piano_train import unscale_and_clip, make_loader
+from piano_train import apply_update, make_loader
 
 
 def _epochs(name, epochs, train_data, config, device, step, log):
@@ -58,10 +58,7 @@ def pretrain_generator(generator, optim_g, train_data, config, device, autocast=
                 loss = loss + weights["kl"] * kl_divergence_loss(mu, logvar)
         optim_g.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()
-        if torch.isfinite(loss) and math.isfinite(float(unscale_and_clip(optim_g, params, scaler, config["training"]["grad_clip"]))):
-            (scaler.step(optim_g) if scaler else optim_g.step())
-        if scaler:
-            scaler.update()
+        apply_update(optim_g, params, scaler, config["training"]["grad_clip"], bool(torch.isfinite(loss)))
         return float(loss.detach())
 
     return _epochs("generator", config["training"]["pretrain_generator_epochs"], train_data, config, device, step, log)
@@ -83,10 +80,7 @@ def pretrain_discriminator(discriminator, generator, optim_d, train_data, config
                                          keys=t["keys"], kind=t["adversarial_loss"], smoothing=t["smoothing"])
         optim_d.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()
-        if torch.isfinite(loss) and math.isfinite(float(unscale_and_clip(optim_d, params, scaler, t["grad_clip"]))):
-            (scaler.step(optim_d) if scaler else optim_d.step())
-        if scaler:
-            scaler.update()
+        apply_update(optim_d, params, scaler, t["grad_clip"], bool(torch.isfinite(loss)))
         return float(loss.detach())
 
     return _epochs("discriminator", t["pretrain_discriminator_epochs"], train_data, config, device, step, log)

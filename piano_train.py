@@ -32,12 +32,23 @@ class TrainingStopped(Exception):
     """Training cannot go on (repeated NaN/Inf); the message says why and where the last good checkpoint is."""
 
 
-def unscale_and_clip(optimizer, params, scaler, grad_clip):
-    """Unscale, clip and step; returns the gradient norm (inf or nan when the update must be skipped)."""
+def apply_update(optimizer, params, scaler, grad_clip, loss_finite):
+    """Unscale, clip and step; returns False, having dropped the gradients, when the update is skipped.
+
+    An update is skipped when its loss was NaN or Inf, or (without a GradScaler) its gradient norm. A
+    GradScaler skips overflowing float16 gradients itself and lowers its scale; that is not counted here.
+    """
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-    return norm
+    ok = loss_finite and (scaler is not None or math.isfinite(float(norm)))
+    if ok:
+        (scaler.step(optimizer) if scaler is not None else optimizer.step())
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.update()
+    return ok
 
 
 def train_step(generator, discriminator, optim_g, optim_d, targets, *, weights, keys=33, kind="bce",
@@ -94,19 +105,8 @@ def train_step(generator, discriminator, optim_g, optim_d, targets, *, weights, 
         if train_d:
             steps.append(("d", optim_d, list(discriminator.parameters()), scaler_d))
         for name, optimizer, params, scaler in steps:
-            norm = unscale_and_clip(optimizer, params, scaler, grad_clip)
-            loss_ok = bool(finite[name])  # one device sync per update
-            if not loss_ok or (scaler is None and not math.isfinite(float(norm))):
-                optimizer.zero_grad(set_to_none=True)
+            if not apply_update(optimizer, params, scaler, grad_clip, bool(finite[name])):  # one sync per update
                 skipped[name] += 1
-                if scaler is not None:
-                    scaler.update()
-                continue
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
 
     logs.update({f"d/{name}": term.detach() for name, term in d_terms.items()})
     logs.update({f"g/{name}": term.detach() for name, term in g_terms.items()})
