@@ -1,17 +1,30 @@
-"""The variational encoder and waveform decoder inside MusiGAN's generator.
+"""The VAE of the user's music (stage one), and the seed's noise encoder and waveform decoder.
 
     from piano_encoder_decoder import VariationalEncoderDecoder
-    ved = VariationalEncoderDecoder(input_dim=2, n_channels=128, n_seq=500, latent_dim=512,
-                                    song_duration=16500, noise_dim=48000)
-    mu, logvar = ved.encoder(noise)            # noise (B, 2, 48000) -> each (B, 500, 512)
-    z = ved.reparameterize(mu, logvar)         # (B, 500, 512)
-    waveform = ved.decoder(z)                  # (B, 2, 16500)
+    vae = VariationalEncoderDecoder(input_dim=2, n_channels=256, latent_dim=64)      # the spectral VAE
+    mu, logvar = vae.encoder(chunk)            # chunk (B, 2, T) -> each (B, T // 512, 64)
+    z = vae.reparameterize(mu, logvar)
+    recon = vae.decoder(z)                     # (B, 2, T): the same chunk, rebuilt
 
-The encoder folds the input into n_seq frames (space-to-depth) and maps each frame to a Gaussian in
-latent space. The decoder stretches the latent sequence to song_duration with sub-pixel convolutions
-(depth-to-space). No convolution runs at the audio's full length: on a CPU, a narrow convolution over
-16500 samples ran at 4 GFLOP/s where a matmul runs at 200. Most of the generator's compute therefore
-stays in the transformer between the two.
+    seed = VariationalEncoderDecoder(2, 128, 500, 512, 16500, noise_dim=48000, architecture="seed")
+    mu, logvar = seed.encoder(noise)           # noise (B, 2, 48000) -> each (B, 500, 512)
+    waveform = seed.decoder(z)                 # (B, 2, 16500)
+
+architecture="stft" (the default) is a real VAE of audio. The encoder reads the log-magnitude STFT of
+every channel (n_fft, hop_length), runs convolutions at the STFT frame rate, and strides down by
+`downsample` to the latent rate: at 12 kHz, hop 128 and downsample 4 give 23.4 latent frames per second.
+The decoder mirrors it: convolutions at the latent rate, linear interpolation up to the frame rate
+followed by a convolution there (an upsampler that stamps no fixed pattern), then, per channel and
+bin, a log-magnitude and a phase, which torch's inverse FFT and an overlap-add turn into samples.
+The phase is the angle of a bias-free 2-vector, so it is uniformly spread at initialization and can
+only become coherent where the latent makes it so; a fixed per-bin phase would put lines at multiples
+of sample_rate / hop_length in every output. Every convolution runs at the frame or latent rate, never
+at the audio rate, which is what makes decoding hundreds of times faster than real time on a CPU.
+
+architecture="seed" is the seed's generator path (configs/seed.yaml): the encoder folds white noise into
+n_seq frames (space-to-depth) and the decoder stretches the latent sequence to song_duration with
+sub-pixel convolutions (depth-to-space). Its sub-pixel output layer has no layer at the output rate,
+so it stamps lines at k * sample_rate / factor; it is kept only so the seed's preset behaves as before.
 """
 
 import itertools
@@ -180,34 +193,215 @@ class WaveDecoder(nn.Module):
         return wave
 
 
-class VariationalEncoderDecoder(nn.Module):
-    """A VAE over waveforms: encoder(x) -> (mu, logvar), reparameterize, decoder(z) -> waveform.
+# ---------------------------------------------------------------------------------------------
+# The spectral VAE (architecture="stft")
 
-    input_dim: audio channels in and out; n_channels: convolution width; n_seq: latent frames;
-    latent_dim: size of each latent frame; song_duration: output samples; noise_dim: input samples
-    (defaults to song_duration); use_gaussians / num_of_gaussians: the loudness envelope.
+
+class ConvBlock(nn.Module):
+    """x + pointwise(gelu(pointwise(norm(depthwise(x))))): a ConvNeXt-style residual block (Vocos) at one rate.
+
+    The depthwise convolution mixes neighbouring frames cheaply; the two pointwise layers are matrix
+    multiplies, the fastest thing a CPU or GPU does. The residual branch starts small (layer scale).
     """
 
-    def __init__(self, input_dim, n_channels, n_seq, latent_dim, song_duration, dropout=0.1,
-                 use_gaussians=True, num_of_gaussians=6, noise_dim=None):
+    def __init__(self, width, kernel_size=7, dilation=1, expansion=2):
         super().__init__()
-        noise_dim = song_duration if noise_dim is None else noise_dim
-        check_positive_ints(input_dim=input_dim, n_channels=n_channels, latent_seq_len=n_seq, latent_dim=latent_dim,
-                            seq_len=song_duration, noise_dim=noise_dim)
-        if use_gaussians:
-            check_positive_ints(num_of_gaussians=num_of_gaussians)
+        self.depthwise = nn.Conv1d(width, width, kernel_size, padding=dilation * (kernel_size // 2),
+                                   dilation=dilation, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.expand = nn.Linear(width, expansion * width)
+        self.contract = nn.Linear(expansion * width, width)
+        self.scale = nn.Parameter(torch.full((width,), 0.1))
+
+    def forward(self, x):  # (B, width, frames)
+        h = self.norm(self.depthwise(x).transpose(1, 2))  # (B, frames, width)
+        h = self.contract(F.gelu(self.expand(h))) * self.scale
+        return x + h.transpose(1, 2)
+
+
+def conv_stack(width, layers):
+    """`layers` blocks with growing dilation (1, 2, 4, ...), so the stack sees a wide context."""
+    return nn.Sequential(*(ConvBlock(width, dilation=2 ** (i % 3)) for i in range(layers)))
+
+
+class SpectralCodec(nn.Module):
+    """The STFT and its inverse with "same" padding: T samples <-> T // hop_length frames, exactly.
+
+    The signal is padded by (n_fft - hop_length) / 2 on each side (reflected), so frame i is centred on
+    samples [i * hop, (i + 1) * hop). The inverse is an inverse real FFT, a windowed overlap-add and a
+    division by the summed squared window, trimmed back to T samples (Vocos's ISTFT, padding="same").
+    """
+
+    def __init__(self, n_fft, hop_length):
+        super().__init__()
+        if n_fft < hop_length or (n_fft - hop_length) % 2:
+            raise ValueError(f"vae.n_fft ({n_fft}) must be at least vae.hop_length ({hop_length}) and differ from "
+                             f"it by an even number")
+        self.n_fft, self.hop = n_fft, hop_length
+        self.pad = (n_fft - hop_length) // 2
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    @property
+    def bins(self):
+        return self.n_fft // 2 + 1
+
+    def bin_advance(self, frames):
+        """exp(i * 2 pi * k * hop * t / n_fft), (bins, frames): the phase a tone at the centre of bin k has in frame t.
+
+        The decoder predicts phase relative to this. A prediction that changes slowly from frame to frame then
+        means a tone near the centre of its own bin, as in real music; predicted as an absolute phase, the same
+        slow change would mean a phase that repeats every frame, that is a comb of lines at multiples of
+        sample_rate / hop_length in every output (the artefact of naive per-frame phase prediction).
+        """
+        k = torch.arange(self.bins, device=self.window.device)[:, None]
+        t = torch.arange(frames, device=self.window.device)[None, :]
+        cycles = (k * self.hop * t % self.n_fft).double() / self.n_fft  # exact integers before the division
+        return torch.polar(torch.ones_like(cycles), 2 * math.pi * cycles).to(torch.complex64)
+
+    def stft(self, x):
+        """(B, C, T) -> complex (B, C, bins, T // hop)."""
+        batch, channels, length = x.shape
+        frames = length // self.hop
+        x = F.pad(x.float().reshape(batch * channels, 1, length), (self.pad, self.pad), mode="reflect")
+        spec = torch.stft(x[:, 0, :frames * self.hop + 2 * self.pad], self.n_fft, self.hop, window=self.window,
+                          center=False, return_complex=True)
+        return spec.view(batch, channels, self.bins, frames)
+
+    def istft(self, spec):
+        """complex (B, C, bins, frames) -> (B, C, frames * hop)."""
+        batch, channels, _, frames = spec.shape
+        chunks = torch.fft.irfft(spec.reshape(batch * channels, self.bins, frames), n=self.n_fft, dim=1)
+        chunks = chunks * self.window[:, None]  # (B*C, n_fft, frames)
+        total = (frames - 1) * self.hop + self.n_fft
+        fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft), stride=(1, self.hop))
+        audio = F.fold(chunks, **fold)[:, 0, 0]  # (B*C, total)
+        envelope = F.fold(self.window.square()[None, :, None].expand(1, -1, frames), **fold)[0, 0, 0]
+        keep = slice(self.pad, self.pad + frames * self.hop)
+        audio = audio[:, keep] / envelope[keep].clamp_min(1e-8)
+        return audio.view(batch, channels, -1)
+
+
+class SpectralEncoder(nn.Module):
+    """(B, C, T) -> mu, logvar, each (B, T // (hop_length * downsample), latent_dim)."""
+
+    def __init__(self, codec, channels, width, latent_dim, downsample, layers):
+        super().__init__()
+        self.codec = codec
+        self.inp = nn.Conv1d(channels * codec.bins, width, 1)
+        self.frame_blocks = conv_stack(width, layers)
+        self.down = nn.Conv1d(width, width, 2 * downsample, stride=downsample, padding=downsample // 2)
+        self.latent_blocks = conv_stack(width, layers)
+        self.to_gaussian = nn.Conv1d(width, 2 * latent_dim, 1)
+        self.downsample = downsample
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):  # the STFT and its logarithm in float32
+            spec = self.codec.stft(x)
+            features = torch.log(spec.abs().square() + 1e-8).mul(0.5)  # log-magnitude, floored near -80 dB
+        batch, channels, bins, frames = features.shape
+        frames -= frames % self.downsample
+        h = self.inp(features[..., :frames].reshape(batch, channels * bins, frames).to(self.inp.weight.dtype))
+        h = self.latent_blocks(self.down(self.frame_blocks(h)))  # (B, width, latent frames)
+        mu, logvar = self.to_gaussian(h).transpose(1, 2).chunk(2, dim=-1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
+
+class SpectralDecoder(nn.Module):
+    """(B, latent frames, latent_dim) -> (B, C, frames * downsample * hop_length)."""
+
+    def __init__(self, codec, channels, width, latent_dim, downsample, layers):
+        super().__init__()
+        self.codec, self.channels, self.downsample = codec, channels, downsample
+        self.inp = nn.Conv1d(latent_dim, width, 3, padding=1)
+        self.latent_blocks = conv_stack(width, layers)
+        self.up = nn.Conv1d(width, width, 3, padding=1)  # after interpolation: a convolution at the new rate
+        self.frame_blocks = conv_stack(width, layers)
+        self.to_magnitude = nn.Conv1d(width, channels * codec.bins, 1)
+        self.to_phase = nn.Conv1d(width, 2 * channels * codec.bins, 1, bias=False)  # no bias: no fixed phase
+        # Magnitudes start flat and quiet: random weights here would give each bin a fixed random gain, lines
+        # of up to 15 dB in the average spectrum of an untrained decoder.
+        nn.init.zeros_(self.to_magnitude.weight)
+        nn.init.constant_(self.to_magnitude.bias, -2.0)
+
+    def forward(self, z):
+        h = self.latent_blocks(self.inp(z.transpose(1, 2)))  # (B, width, latent frames)
+        h = F.interpolate(h, scale_factor=self.downsample, mode="linear", align_corners=False)
+        h = self.frame_blocks(self.up(h))  # (B, width, frames)
+        batch, _, frames = h.shape
+        with torch.autocast(z.device.type, enabled=False):  # magnitudes, phases and the inverse FFT in float32
+            log_magnitude = self.to_magnitude(h.float()).clamp(max=8.0)  # e^8: far above a full-scale sine
+            xy = self.to_phase(h.float()).view(batch, self.channels, 2, self.codec.bins, frames)
+            unit = torch.complex(xy[:, :, 0], xy[:, :, 1])
+            unit = unit / (unit.abs() + 1e-6) * self.codec.bin_advance(frames)
+            spec = torch.exp(log_magnitude).view(batch, self.channels, self.codec.bins, frames) * unit
+            return self.codec.istft(spec)
+
+
+class VariationalEncoderDecoder(nn.Module):
+    """A VAE: encoder(x) -> (mu, logvar), reparameterize(mu, logvar) -> z, decoder(z) -> x rebuilt.
+
+    architecture="stft" (default), the VAE of the user's music: input_dim audio channels; n_channels,
+    the convolution width; latent_dim, the size of a latent frame; n_fft, hop_length and downsample set
+    the latent rate (sample_rate / (hop_length * downsample) frames per second); `layers` blocks per rate.
+    It takes any length that is a multiple of frame_samples (hop_length * downsample); n_seq and
+    song_duration, when given, are only checked against that.
+
+    architecture="seed", the seed's generator path (see the module docstring): n_seq latent frames,
+    song_duration output samples, noise_dim input samples (defaults to song_duration), and with
+    use_gaussians a learned loudness envelope of num_of_gaussians bumps. dropout is kept for the
+    transformer that the seed's generator runs between the two halves.
+    """
+
+    def __init__(self, input_dim=2, n_channels=256, n_seq=None, latent_dim=64, song_duration=None, dropout=0.1,
+                 use_gaussians=False, num_of_gaussians=6, noise_dim=None, *, architecture="stft", n_fft=512,
+                 hop_length=128, downsample=4, layers=3):
+        super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.dropout = dropout  # used by the transformer between encoder and decoder
-        self.encoder = NoiseEncoder(input_dim, n_channels, n_seq, latent_dim, noise_dim)
-        self.decoder = WaveDecoder(latent_dim, n_channels, n_seq, input_dim, song_duration,
-                                   use_gaussians, num_of_gaussians)
+        self.dropout = dropout
+        self.architecture = architecture
+        if architecture == "seed":
+            noise_dim = song_duration if noise_dim is None else noise_dim
+            check_positive_ints(input_dim=input_dim, n_channels=n_channels, latent_seq_len=n_seq,
+                                latent_dim=latent_dim, seq_len=song_duration, noise_dim=noise_dim)
+            if use_gaussians:
+                check_positive_ints(num_of_gaussians=num_of_gaussians)
+            self.encoder = NoiseEncoder(input_dim, n_channels, n_seq, latent_dim, noise_dim)
+            self.decoder = WaveDecoder(latent_dim, n_channels, n_seq, input_dim, song_duration,
+                                       use_gaussians, num_of_gaussians)
+            return
+        if architecture != "stft":
+            raise ValueError(f"architecture must be 'stft' or 'seed', got {architecture!r}")
+        check_positive_ints(input_dim=input_dim, n_channels=n_channels, latent_dim=latent_dim, n_fft=n_fft,
+                            hop_length=hop_length, downsample=downsample)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(f"layers must be an integer of 0 or more, got {layers!r}")
+        if use_gaussians:
+            raise ValueError("use_gaussians belongs to the seed's decoder (architecture='seed'); the spectral VAE "
+                             "keeps loudness through its magnitudes")
+        self.frame_samples = hop_length * downsample
+        for name, length in (("seq_len", song_duration), ("n_seq", n_seq)):
+            if length is not None and name == "seq_len" and length % self.frame_samples:
+                raise ValueError(f"seq_len ({length}) must be a multiple of hop_length x downsample "
+                                 f"({self.frame_samples})")
+        codec = SpectralCodec(n_fft, hop_length)
+        self.encoder = SpectralEncoder(codec, input_dim, n_channels, latent_dim, downsample, layers)
+        self.decoder = SpectralDecoder(codec, input_dim, n_channels, latent_dim, downsample, layers)
+        self.latent_dim, self.channels = latent_dim, input_dim
 
     @staticmethod
-    def reparameterize(mu, logvar):
-        """A sample of N(mu, exp(logvar)) that gradients flow through."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    def reparameterize(mu, logvar, generator=None):
+        """A sample of N(mu, exp(logvar)) that gradients flow through (`generator`: a torch.Generator of its own)."""
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        return mu + eps * torch.exp(0.5 * logvar)
 
     def forward(self, x):
         mu, logvar = self.encoder(x)
         return mu, logvar, self.decoder(self.reparameterize(mu, logvar))
+
+
+def vae_from_config(vae_config, channels):
+    """The spectral VAE that config["vae"] describes, for `channels` audio channels."""
+    return VariationalEncoderDecoder(channels, vae_config["width"], latent_dim=vae_config["latent_dim"],
+                                     dropout=0.0, n_fft=vae_config["n_fft"], hop_length=vae_config["hop_length"],
+                                     downsample=vae_config["downsample"], layers=vae_config["layers"])
