@@ -103,6 +103,24 @@ SCHEMA = {
         "dropout": Field(0.1, "float", "dropout in the transformer", low=0.0, high=0.99),
         "noise_dim": Field(48000, "int", "white-noise samples per channel fed to the generator", low=1),
     },
+    "vae": {  # stage one: VariationalEncoderDecoder, a VAE of the music (piano_encoder_decoder.py)
+        "enabled": Field(True, "bool", "train (or reuse) a VAE of the music and its latent cache before the GAN stage"),
+        "checkpoint": Field(None, "str", "a trained vae.pt to reuse instead of training one", optional=True),
+        "n_fft": Field(512, "int", "STFT size the VAE reads and writes", low=8),
+        "hop_length": Field(128, "int", "STFT hop; latent rate = sample_rate / (hop_length x downsample)", low=1),
+        "downsample": Field(4, "int", "STFT frames per latent frame", low=1),
+        "latent_dim": Field(64, "int", "size of each latent frame", low=1),
+        "width": Field(256, "int", "convolution width of the encoder and decoder", low=1),
+        "layers": Field(3, "int", "residual blocks at each rate, in the encoder and in the decoder", low=0),
+        "epochs": Field(10, "int", "epochs of VAE training (each data.steps_per_epoch batches, or the whole set)", low=0),
+        "learning_rate": Field(3e-4, "float", "VAE learning rate (Adam)", low=0.0),
+        "kl_weight": Field(0.01, "float", "weight of the KL term (per element) once warmed up", low=0.0),
+        "kl_warmup_steps": Field(2000, "int", "steps over which the KL weight rises from 0 (RAVE's warm-up); 0 is off", low=0),
+        "adversarial_epochs": Field(0, "int", "then epochs of decoder fine-tuning against a spectrogram discriminator, encoder frozen (RAVE phase 2)", low=0),
+        "adversarial_weight": Field(0.1, "float", "weight of the hinge loss in that fine-tuning", low=0.0),
+        "feature_matching_weight": Field(1.0, "float", "weight of feature matching in that fine-tuning", low=0.0),
+        "time_budget_minutes": Field(0.0, "float", "stop VAE training after the epoch that uses up this many minutes; 0 is off", low=0.0),
+    },
     "discriminator": {
         "n_channels": Field(128, "int", "width of the last convolution block", low=1),
         "use_minibatch_discrimination": Field(True, "bool", "compare the samples of a batch (against mode collapse)"),
@@ -179,6 +197,7 @@ def seed_config():
     config["training"]["adversarial_loss"] = "bce"
     config["discriminator"].update(use_waveform_mdisc=True, multi_scale=False, multi_resolution_stft=False)
     config["loss_weights"] = dict(SEED_LOSS_WEIGHTS)
+    config["vae"]["enabled"] = False  # the seed's generator pretrains on (unpaired) reconstruction instead
     return config
 
 
@@ -214,6 +233,13 @@ def validate(raw, source="config"):
     if model["noise_dim"] < model["latent_seq_len"]:
         raise ValueError(f"{source}: model.noise_dim ({model['noise_dim']}) must be at least model.latent_seq_len "
                          f"({model['latent_seq_len']})")
+    vae = config["vae"]
+    if vae["n_fft"] < vae["hop_length"] or (vae["n_fft"] - vae["hop_length"]) % 2:
+        raise ValueError(f"{source}: vae.n_fft ({vae['n_fft']}) must be at least vae.hop_length ({vae['hop_length']}) "
+                         f"and differ from it by an even number, for example n_fft 512 with hop_length 128")
+    if vae["enabled"] and model["seq_len"] < vae["hop_length"] * vae["downsample"]:
+        raise ValueError(f"{source}: model.seq_len ({model['seq_len']}) is shorter than one VAE latent frame "
+                         f"(vae.hop_length x vae.downsample = {vae['hop_length'] * vae['downsample']} samples)")
     if len(config["training"]["betas"]) != 2:
         raise ValueError(f"{source}: training.betas must be two numbers, got {config['training']['betas']!r}")
     return config
@@ -259,6 +285,7 @@ def write_config(config, path):
 SECTION_TITLES = {
     "data": "The dataset (made by prepare_dataset.py and create_dataset.py)",
     "model": "The generator: VariationalAttentionModel(**model)",
+    "vae": "Stage one: a VAE of your music (VariationalEncoderDecoder), then its latent cache",
     "discriminator": "The discriminators; with several enabled they are trained together",
     "training": "The VAE-GAN loop",
     "loss_weights": "What each loss term weighs; 0 skips computing it",

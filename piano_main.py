@@ -1,10 +1,14 @@
-"""Train MusiGAN: pretrain the generator and the discriminator, then run the VAE-GAN loop.
+"""Train MusiGAN: stage one, a VAE of your music and its latent cache; then the discriminator and the GAN loop.
 
     python piano_main.py --config config.yaml
     python piano_main.py --config config.yaml --set training.epochs=50 --set model.num_layers=2
     python piano_main.py --config config.yaml --set output.resume_from_checkpoint=latest
     python piano_main.py --config checkpoints/config.yaml      # the resolved config of an earlier run
     python piano_main.py --demo                                # the bundled demo, end to end, in runs/demo/
+
+Stage one (vae.enabled, the default) trains VariationalEncoderDecoder to rebuild real chunks, or reuses
+the trained vae.pt that vae.checkpoint names, then encodes the whole dataset once into the latent cache
+(checkpoint_folder/latents/). configs/seed.yaml instead pretrains the seed's generator on reconstruction.
 
 Needs a dataset made by prepare_dataset.py and create_dataset.py (data.dataset_dir). Uses CUDA when
 present, with bfloat16 autocast (float16 with a GradScaler if the GPU lacks bfloat16, or when asked
@@ -14,7 +18,9 @@ Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=l
 """
 
 import argparse
+import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -24,16 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config_reader import load_config_from_yaml, write_config
+from config_reader import load_config_from_yaml, validate, write_config
 from create_dataset import DatasetError, load_dataset_info
 from discriminator import build_discriminator
 from loss_functions import MultiResolutionSTFTLoss
+from discriminator import MultiResolutionSTFTDiscriminator
+from piano_encoder_decoder import vae_from_config
 from piano_model import AudioDataset, VariationalAttentionModel
-from piano_pretrain import pretrain_discriminator, pretrain_generator
-from piano_train import TrainingStopped, train_vae_gan
+from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
+from piano_train import VAE_PANELS, TrainingStopped, train_vae_gan, write_metrics
 from update_checkpoint import update_checkpoint
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
-from vae_utilities import restore_rng_states
+from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, load_vae, restore_rng_states,
+                           save_checkpoint, vae_fingerprint, vae_mismatch)
 
 
 def check_dataset_matches(info, config, dataset_dir):
@@ -74,18 +83,26 @@ def precision_setup(config, device):
 
 
 def resolve_resume(config):
-    """The epoch to resume from, or None for a fresh run (which must not write over an earlier one)."""
+    """The GAN epoch to resume from, or None: a fresh run (which must not write over an earlier one), or a run
+    stopped during stage one (folder/vae.pt, resumed by stage_one)."""
     out = config["output"]
     folder = Path(out["checkpoint_folder"])
     epochs = checkpoint_epochs(folder, "generator")
+    has_vae = (folder / VAE_FILE).exists()
     wanted = out["resume_from_checkpoint"]
     if wanted is False:
-        if epochs:
+        if epochs or has_vae:
+            held = f"epochs {epochs[0]}-{epochs[-1]}" if epochs else f"a VAE, {VAE_FILE}"
             raise CheckpointError(
-                f"{folder} already holds a run (epochs {epochs[0]}-{epochs[-1]}). Resume it with --set "
+                f"{folder} already holds a run ({held}). Resume it with --set "
                 f"output.resume_from_checkpoint=latest, or start afresh in another output.checkpoint_folder.")
         return None
+    if epochs and config["vae"]["enabled"] and not has_vae:
+        raise CheckpointError(f"{folder} holds a GAN run without a VAE (made with vae.enabled: false, or before "
+                              f"stage one existed); resume it with --set vae.enabled=false")
     if not epochs:
+        if has_vae and config["vae"]["enabled"]:
+            return None  # stopped in stage one: stage_one resumes it
         raise CheckpointError(f"output.resume_from_checkpoint is {wanted!r}, but {folder} holds no checkpoints")
     if wanted == "latest":
         return epochs[-1]
@@ -103,6 +120,99 @@ def load_model_state(model, state, path):
                               f"config it was trained with (saved beside it as config.yaml)"
                               + (", or set output.update_discriminator: true" if "discriminator" in str(path) else "")
                               ) from e
+
+
+def copy_atomically(source, destination):
+    tmp = Path(destination).with_name(f".{Path(destination).name}.{os.getpid()}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)
+
+
+def stage_one(config, device, info, autocast, deadline, log=print):
+    """The VAE of the music: trained (or resumed) in checkpoint_folder/vae.pt, or copied there from
+    vae.checkpoint; then its latent cache, built unless an up-to-date one is there. Returns (vae, status)."""
+    v, out = config["vae"], config["output"]
+    folder = Path(out["checkpoint_folder"])
+    path = folder / VAE_FILE
+    dataset_dir = config["data"]["dataset_dir"]
+    if v["checkpoint"] and not path.exists():
+        load_vae(v["checkpoint"], config)  # refuses a VAE that does not fit, naming the key
+        copy_atomically(v["checkpoint"], path)
+        log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
+    state = load_checkpoint(path) if path.exists() else None
+    if state is not None and state.get("kind") != "vae":
+        raise CheckpointError(f"{path} is not a VAE checkpoint; move it away, or use another output.checkpoint_folder")
+    if state is not None and (problems := vae_mismatch(validate(state["config"], source=str(path)), config)):
+        raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
+                              + ". Use the config it was trained with (config.yaml beside it).")
+    if state is None or not state.get("complete"):
+        status = train_vae(config, device, info, autocast, state, deadline, log)
+        if status == "interrupted":
+            return None, status
+    vae, state = load_vae(path, config, device)
+    vae.requires_grad_(False)
+    fingerprint = vae_fingerprint(vae)
+    problem = latent_cache_problem(folder, fingerprint, dataset_dir)
+    if problem:
+        log(f"latent cache: {problem}; building it")
+        build_latent_cache(vae, folder, dataset_dir, device, batch_size=config["data"]["batch_size"], log=log)
+    else:
+        log(f"latent cache: up to date (VAE {fingerprint})")
+    return vae, "done"
+
+
+def train_vae(config, device, info, autocast, state, deadline, log):
+    """Train the VAE into checkpoint_folder/vae.pt, from scratch or from an unfinished `state`. Returns the status."""
+    v, t = config["vae"], config["training"]
+    folder = Path(config["output"]["checkpoint_folder"])
+    dataset_dir = config["data"]["dataset_dir"]
+    segment = vae_segment(config)
+    train_data = AudioDataset.from_dataset_dir(dataset_dir, "training", segment, normalization="peak")
+    val_data = (AudioDataset.from_dataset_dir(dataset_dir, "validation", segment, normalization="peak")
+                if info["pairs"]["validation"] else None)
+    channels = config["model"]["sound_channels"]
+    vae = vae_from_config(v, channels).to(device)
+    optim = torch.optim.Adam(vae.parameters(), v["learning_rate"], betas=(0.9, 0.999))
+    discriminator = optim_d = None
+    if v["adversarial_epochs"]:
+        discriminator = MultiResolutionSTFTDiscriminator(channels, width=config["discriminator"]["width"]).to(device)
+        optim_d = torch.optim.Adam(discriminator.parameters(), v["learning_rate"], betas=(0.5, 0.9))
+    start_epoch, step, history = 1, 0, []
+    if state is not None:
+        vae.load_state_dict(state["model_state_dict"])
+        optim.load_state_dict(state["optimizer_state_dict"])
+        if discriminator is not None and state.get("discriminator_state_dict"):
+            discriminator.load_state_dict(state["discriminator_state_dict"])
+            optim_d.load_state_dict(state["discriminator_optimizer_state_dict"])
+        restore_rng_states(state["rng_states"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["metrics"]
+        log(f"stage one: resuming the VAE after epoch {state['epoch']}")
+    log(f"stage one: a VAE of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
+        f"{info['sample_rate'] / vae.frame_samples:.1f} latent frames per second x {v['latent_dim']}; "
+        f"{len(train_data)} training chunks, crops of {segment} samples")
+
+    def save(epoch, history, step, partial=False, complete=False):
+        extra = {}
+        if discriminator is not None:
+            extra = dict(discriminator_state_dict=discriminator.state_dict(),
+                         discriminator_optimizer_state_dict=optim_d.state_dict())
+        save_checkpoint(folder / VAE_FILE, vae, optim, epoch, config, metrics=history, partial=partial, kind="vae",
+                        step=step, complete=complete, data_peak=float(info["peak"]),
+                        sample_rate=int(info["sample_rate"]), fingerprint=vae_fingerprint(vae), **extra)
+        if history:
+            write_metrics(history, folder, name="vae_metrics", panels=VAE_PANELS, plot_name="vae_losses.png")
+
+    vae_deadline = deadline
+    if v["time_budget_minutes"]:
+        own = time.monotonic() + 60 * v["time_budget_minutes"]
+        vae_deadline = own if deadline is None else min(own, deadline)
+    history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast,
+                                         start_epoch=start_epoch, step=step, history=history,
+                                         discriminator=discriminator, optim_d=optim_d, save=save,
+                                         deadline=vae_deadline, log=log)
+    if status != "interrupted":
+        save(history[-1]["epoch"] if history else 0, history, step, complete=True)
+    return status
 
 
 def run(config, device, log=print):
@@ -133,6 +243,14 @@ def run(config, device, log=print):
         f"parameters, discriminator {sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; "
         f"{len(train_data)} training chunks, {len(val_data) if val_data else 0} validation chunks")
 
+    write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
+    # Stage one comes before the GAN's random state is restored: building or loading the VAE draws from it.
+    if config["vae"]["enabled"]:
+        deadline = started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None
+        _, status = stage_one(config, device, info, autocast, deadline, log)
+        if status == "interrupted":
+            return status
+
     history, start_epoch = [], 1
     if resume_epoch is not None:
         g_path, d_path = checkpoint_path(folder, "generator", resume_epoch), checkpoint_path(folder, "discriminator", resume_epoch)
@@ -152,10 +270,10 @@ def run(config, device, log=print):
         history = g_state["metrics"]
         start_epoch = resume_epoch + 1
         log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
-    write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
 
     if resume_epoch is None:
-        pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
+        if not config["vae"]["enabled"]:  # the seed's preset: unpaired reconstruction pretraining
+            pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
         pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d, log=log)
     history, status = train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device,
                                     start_epoch=start_epoch, history=history, scaler_g=scaler_g, scaler_d=scaler_d,

@@ -74,7 +74,8 @@ class VariationalAttentionModel(nn.Module):
             raise ValueError(f"num_layers must be an integer of 0 or more, got {num_layers!r}")
         self.sound_channels, self.seq_len, self.noise_dim = sound_channels, seq_len, noise_dim
         self.vae = VariationalEncoderDecoder(sound_channels, n_channels, latent_seq_len, latent_dim, seq_len,
-                                             dropout, use_gaussians, num_of_gaussians, noise_dim=noise_dim)
+                                             dropout, use_gaussians, num_of_gaussians, noise_dim=noise_dim,
+                                             architecture="seed")
         self.position = nn.Parameter(torch.randn(1, latent_seq_len, latent_dim) * 0.02)
         self.transformer = nn.Sequential(*(TransformerBlock(latent_dim, num_heads, dropout) for _ in range(num_layers)))
 
@@ -87,12 +88,20 @@ class VariationalAttentionModel(nn.Module):
         return mu, logvar, self.vae.decoder(z)  # waveform (B, sound_channels, seq_len)
 
 
+NORMALIZATIONS = ("peak", "chunk")
+
+
 class AudioDataset(torch.utils.data.Dataset):
-    """Chunks of a (pairs, 2, C, T) dataset, each divided by the global peak, then standardized.
+    """Chunks of a (pairs, 2, C, T) dataset, divided by the global peak (and, for the seed, standardized).
 
     Item i is chunk i of split_and_append_chunks(pairs): (target_norm (C, seq_len), target_mean (1, 1),
-    target_std (1, 1)), all float32. The mean and std are taken over the whole chunk (both channels, so
-    the stereo balance survives). When a chunk is longer than seq_len, a random crop of seq_len samples
+    target_std (1, 1)), all float32.
+    - normalization="peak" (the VAE's): target_norm is the chunk divided by the dataset's global peak;
+      mean 0, std 1. Loudness is kept: a quiet passage stays quiet, silence stays silence.
+    - normalization="chunk" (the seed's): each chunk is then standardized, its mean and std taken over
+      the whole chunk (both channels, so the stereo balance survives). The std is floored at min_std,
+      1 % of the global peak (-40 dB): a quieter chunk is scaled up less, so near-silence is not
+      turned into loud hiss (the seed's floor of 1e-4 did that). When a chunk is longer than seq_len, a random crop of seq_len samples
     is taken (random_crop=False takes the start, for repeatable validation); crops use torch's RNG, so
     torch.manual_seed and DataLoader worker seeding make them reproducible.
 
@@ -104,11 +113,14 @@ class AudioDataset(torch.utils.data.Dataset):
     DataLoader workers never copy the array.
     """
 
-    def __init__(self, data, seq_len, peak=1.0, random_crop=True, min_std=1e-4):
+    def __init__(self, data, seq_len, peak=1.0, random_crop=True, min_std=1e-2, normalization="chunk"):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         self.seq_len = int(seq_len)
         self.peak = float(peak)
         self.random_crop = random_crop
-        self.min_std = min_std  # a silent chunk stays silent instead of becoming amplified noise
+        self.normalization = normalization
+        self.min_std = min_std  # a near-silent chunk stays quiet instead of becoming amplified noise
         self.path = None
         self._file = None
         if isinstance(data, (str, os.PathLike)):
@@ -187,6 +199,8 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.random_crop and self.chunk_samples > self.seq_len:
             start = int(torch.randint(0, self.chunk_samples - self.seq_len + 1, ()))
         target = torch.from_numpy(self._read(index, start)) / self.peak  # (C, seq_len)
+        if self.normalization == "peak":
+            return target, torch.zeros(1, 1), torch.ones(1, 1)
         target_mean = target.mean().view(1, 1)
         target_std = target.std(correction=0).clamp_min(self.min_std).view(1, 1)
         return (target - target_mean) / target_std, target_mean, target_std

@@ -1,22 +1,35 @@
-"""Pretraining before the adversarial loop: the generator alone, then the discriminator alone.
+"""Pretraining before the adversarial loop: the VAE of the music (stage one), or the seed's generator and
+discriminator.
 
-    from piano_pretrain import pretrain_generator, pretrain_discriminator
-    pretrain_generator(generator, optim_g, train_data, config, device)
+    from piano_pretrain import pretrain_vae, pretrain_generator, pretrain_discriminator
+    history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, save=save)
+    pretrain_generator(generator, optim_g, train_data, config, device)          # the seed's preset
     pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device)
 
-The generator first learns to reconstruct (the recon and kl terms of loss_weights), so the discriminator
-does not start against pure noise; the discriminator then learns to tell real chunks from what that
-generator makes, so the generator's first adversarial signal is informative.
+pretrain_vae trains VariationalEncoderDecoder to rebuild real chunks: a paired multi-resolution STFT
+distance between each chunk and its own reconstruction, plus KL with a linear warm-up (RAVE's phase 1).
+With vae.adversarial_epochs it then freezes the encoder and fine-tunes the decoder against a
+multi-resolution spectrogram discriminator, hinge loss plus feature matching, the STFT distance kept
+(RAVE's phase 2).
+
+The seed's generator instead learns to reconstruct real chunks from unrelated noise (unpaired: it is
+kept only for configs/seed.yaml), and its discriminator then learns against that generator.
 """
 
 import math
+import time
 from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
 
-from loss_functions import discriminator_loss, kl_divergence_loss, reconstruction_loss
-from piano_train import apply_update, make_loader
+from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_loss, discriminator_loss,
+                            feature_matching_loss, generator_adversarial_loss, kl_divergence_loss, reconstruction_loss)
+from piano_train import TrainingStopped, apply_update, make_loader
+
+# The VAE's distance: five resolutions from 11 ms to 170 ms at 12 kHz, hop a quarter of the window.
+VAE_STFT_SIZES = dict(fft_sizes=(2048, 1024, 512, 256, 128), hop_sizes=(512, 256, 128, 64, 32),
+                      win_lengths=(2048, 1024, 512, 256, 128))
 
 
 def _epochs(name, epochs, train_data, config, device, step, log):
@@ -84,3 +97,148 @@ def pretrain_discriminator(discriminator, generator, optim_d, train_data, config
         return float(loss.detach())
 
     return _epochs("discriminator", t["pretrain_discriminator_epochs"], train_data, config, device, step, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage one: the VAE
+
+
+def kl_weight_at(step, weight, warmup_steps):
+    """The KL weight after `step` updates: rising linearly from 0 to `weight` over warmup_steps."""
+    return weight * min(1.0, step / warmup_steps) if warmup_steps else weight
+
+
+def vae_segment(config):
+    """Samples per training crop: model.seq_len, rounded down to whole latent frames."""
+    frame = config["vae"]["hop_length"] * config["vae"]["downsample"]
+    return config["model"]["seq_len"] // frame * frame
+
+
+@torch.no_grad()
+def validate_vae(vae, val_data, stft, device, autocast, max_chunks=64, batch_size=8):
+    """The STFT distance of the validation chunks' reconstructions from their means (no sampling), and their KL."""
+    if val_data is None or len(val_data) == 0:
+        return {}
+    vae.eval()
+    distances, kls = [], []
+    for start in range(0, min(len(val_data), max_chunks), batch_size):
+        target = torch.stack([val_data[i][0] for i in range(start, min(start + batch_size, len(val_data), max_chunks))])
+        target = target.to(device)
+        with autocast():
+            mu, logvar = vae.encoder(target)
+            recon = vae.decoder(mu)
+        distances.append(float(stft(recon, target)))
+        kls.append(float(kl_divergence_loss(mu, logvar)))
+    vae.train()
+    return {"val/stft": sum(distances) / len(distances), "val/kl": sum(kls) / len(kls)}
+
+
+def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=None, scaler=None, start_epoch=1,
+                 step=0, history=None, discriminator=None, optim_d=None, save=None, deadline=None, log=print):
+    """Stage one: vae.epochs of reconstruction, then vae.adversarial_epochs of decoder fine-tuning.
+
+    Epochs are numbered through both phases (1 .. epochs + adversarial_epochs), so start_epoch resumes either.
+    train_data and val_data are AudioDatasets with normalization="peak". save(epoch, history, step, partial)
+    is called after every epoch and on Ctrl-C. Returns (history, step, status): "done", "interrupted" or
+    "out of time".
+    """
+    v, t = config["vae"], config["training"]
+    autocast = autocast or nullcontext
+    history = list(history or [])
+    stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES).to(device)
+    batch_size, workers = config["data"]["batch_size"], config["data"]["num_workers"]
+    seconds_per_batch = batch_size * train_data.seq_len / config["data"]["sample_rate"]
+    vae_params = [p for p in vae.parameters() if p.requires_grad]
+    decoder_params = list(vae.decoder.parameters())
+    nonfinite_in_a_row = 0
+
+    def update(optimizer, loss, params):
+        """One optimizer step on loss; False when it was skipped for a NaN or Inf."""
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        return apply_update(optimizer, params, scaler, t["grad_clip"], bool(torch.isfinite(loss)))
+
+    def reconstruction_step(target):
+        beta = kl_weight_at(step, v["kl_weight"], v["kl_warmup_steps"])
+        with autocast():
+            mu, logvar, recon = vae(target)
+        distance, kl = stft(recon, target), kl_divergence_loss(mu, logvar)
+        ok = update(optim, distance + beta * kl, vae_params)
+        return ok, {"vae/stft": distance, "vae/kl": kl, "vae/kl_weight": torch.tensor(beta)}
+
+    def adversarial_step(target):  # HiFi-GAN's order: the fake, D on it detached, then the decoder
+        with torch.no_grad(), autocast():
+            z = vae.reparameterize(*vae.encoder(target))
+        with autocast():
+            recon = vae.decoder(z)
+            real_logits, real_features = discriminator(target)
+            fake_logits, _ = discriminator(recon.detach())
+            d_loss = discriminator_adversarial_loss(real_logits, fake_logits, kind="hinge")
+        ok_d = update(optim_d, d_loss, list(discriminator.parameters()))
+        with autocast():
+            fake_logits, fake_features = discriminator(recon)
+            adversarial = generator_adversarial_loss(fake_logits, kind="hinge")
+            matching = feature_matching_loss(real_features, fake_features)
+        distance = stft(recon, target)
+        ok_g = update(optim, distance + v["adversarial_weight"] * adversarial + v["feature_matching_weight"] * matching,
+                      decoder_params)
+        return ok_d and ok_g, {"vae/stft": distance, "adv/d": d_loss, "adv/g": adversarial, "adv/feature_matching": matching}
+
+    total = v["epochs"] + v["adversarial_epochs"]
+    for epoch in range(start_epoch, total + 1):
+        phase = "vae" if epoch <= v["epochs"] else "adversarial"
+        if phase == "adversarial":
+            vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
+        started = time.perf_counter()
+        loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000 + epoch, shuffle=True,
+                             device=device)
+        limit = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
+        sums, count = {}, 0
+        bar = tqdm(total=limit, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
+                   unit="batch", leave=False, dynamic_ncols=True)
+        try:
+            for _, (target, _, _) in zip(range(limit), loader):
+                ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target.to(device))
+                step += 1
+                nonfinite_in_a_row = 0 if ok else nonfinite_in_a_row + 1
+                if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
+                    raise TrainingStopped(f"{nonfinite_in_a_row} VAE updates in a row had a NaN or Inf loss or gradient "
+                                          f"(epoch {epoch}); stopping. Try a lower vae.learning_rate or "
+                                          f"training.grad_clip: 1.0.")
+                values = dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist()))
+                for key, value in values.items():
+                    if math.isfinite(value):
+                        sums[key] = sums.get(key, 0.0) + value
+                sums["skipped"] = sums.get("skipped", 0) + (not ok)
+                count += 1
+                bar.set_postfix(stft=f"{sums.get('vae/stft', 0) / count:.3f}", kl=f"{sums.get('vae/kl', 0) / count:.3f}",
+                                refresh=False)
+                bar.update()
+        except KeyboardInterrupt:
+            bar.close()
+            if save:
+                save(epoch, history, step, partial=True)
+            log(f"\nInterrupted during VAE epoch {epoch}; saved it (partial). To continue: "
+                f"--set output.resume_from_checkpoint=latest")
+            return history, step, "interrupted"
+        bar.close()
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch, "phase": phase, "step": step}
+        row.update({key: value / max(count, 1) for key, value in sorted(sums.items()) if key != "skipped"})
+        row["skipped_updates"] = int(sums.get("skipped", 0))
+        row.update(validate_vae(vae, val_data, stft, device, autocast))
+        row["seconds"] = round(seconds, 2)
+        row["audio_seconds_per_second"] = round(count * seconds_per_batch / seconds, 1)
+        history.append(row)
+        if save:
+            save(epoch, history, step, partial=False)
+        log(f"VAE epoch {epoch} ({phase}): STFT distance {row.get('vae/stft', float('nan')):.4f} "
+            + (f"(validation {row['val/stft']:.4f})  " if "val/stft" in row else " ")
+            + (f"KL {row['vae/kl']:.3f} x {row['vae/kl_weight']:.2g}  " if "vae/kl" in row else "")
+            + (f"D {row['adv/d']:.3f} G {row['adv/g']:.3f}  " if "adv/d" in row else "")
+            + f"{row['audio_seconds_per_second']:.0f} audio-s/s  {seconds:.1f}s")
+        if deadline is not None and time.monotonic() >= deadline and epoch < total:
+            log(f"VAE time budget of {v['time_budget_minutes']:g} minutes used up after epoch {epoch}")
+            return history, step, "out of time"
+    vae.encoder.requires_grad_(True)
+    return history, step, "done"

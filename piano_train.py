@@ -191,31 +191,39 @@ def health_report(history, kind="bce", window=5):
 # Metrics, plots, samples
 
 
-def write_metrics(history, folder):
-    """checkpoint_folder/metrics.csv (atomically; one row per epoch) and losses.png."""
+# (title, metric keys, shaded bands (low, high, label)) per panel of losses.png and vae_losses.png
+GAN_PANELS = [("Discriminator", ["d/total", "d/adversarial"], [(0.4, 0.7, "healthy")]),
+              ("Generator", ["g/total", "g/adversarial"], [(BCE_CONFUSION, BCE_CONFUSION, "confusion")]),
+              ("Reconstruction", ["g/recon", "val/recon"], [(0.4, 0.5, "good")]),
+              ("Validation: D accuracy", ["val/d_accuracy_real", "val/d_accuracy_fake"], []),
+              ("Fréchet distance to validation (lower is closer)", ["val/frechet"], [])]
+VAE_PANELS = [("VAE: multi-resolution STFT distance (paired)", ["vae/stft", "val/stft"], []),
+              ("VAE: KL per element", ["vae/kl", "val/kl"], []),
+              ("VAE: KL weight (warm-up)", ["vae/kl_weight"], []),
+              ("Decoder fine-tuning (hinge)", ["adv/d", "adv/g"], []),
+              ("Decoder fine-tuning: feature matching", ["adv/feature_matching"], [])]
+
+
+def write_metrics(history, folder, name="metrics", panels=GAN_PANELS, plot_name="losses.png"):
+    """checkpoint_folder/<name>.csv (atomically; one row per epoch) and its plot."""
     folder = Path(folder)
     columns = list(dict.fromkeys(key for row in history for key in row))
-    tmp = folder / ".metrics.csv.tmp"
+    tmp = folder / f".{name}.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, folder / "metrics.csv")
-    plot_losses(history, folder / "losses.png")
+    os.replace(tmp, folder / f"{name}.csv")
+    plot_losses(history, folder / plot_name, panels)
 
 
-def plot_losses(history, path):
+def plot_losses(history, path, panels=GAN_PANELS):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    panels = [("Discriminator", ["d/total", "d/adversarial"], [(0.4, 0.7, "healthy")]),
-              ("Generator", ["g/total", "g/adversarial"], [(BCE_CONFUSION, BCE_CONFUSION, "confusion")]),
-              ("Reconstruction", ["g/recon", "val/recon"], [(0.4, 0.5, "good")]),
-              ("Validation: D accuracy", ["val/d_accuracy_real", "val/d_accuracy_fake"], []),
-              ("Fréchet distance to validation (lower is closer)", ["val/frechet"], [])]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
     axes.flat[-1].axis("off")
     for ax, (title, keys, bands) in zip(axes.flat, panels):

@@ -1,17 +1,31 @@
-"""Saving MusiGAN checkpoints: one dict of plain types per model, written atomically.
+"""Saving MusiGAN checkpoints, and the VAE's own files: its checkpoint and its latent cache.
 
-    from vae_utilities import save_checkpoint
+    from vae_utilities import save_checkpoint, load_vae, build_latent_cache, load_latent_cache
     save_checkpoint("checkpoints/generator_epoch_10.pt", generator, optim_g, epoch=10, config=config)
+    vae, state = load_vae("checkpoints/vae.pt", config)     # CheckpointError names a mismatching key
+    latents = load_latent_cache("checkpoints", vae_fingerprint(vae), "dataset")
+    latents["training"]                                      # (chunks, frames, latent_dim) float16 memmap
 
-Load them with utilities.load_checkpoint (weights_only=True, so a stranger's file cannot run code).
+Load checkpoints with utilities.load_checkpoint (weights_only=True, so a stranger's file cannot run code).
+
+The latent cache is stage two's whole training set: every training and validation chunk of the dataset,
+encoded once by the VAE into its means, in checkpoint_folder/latents/{training,validation}.npy, float16
+(chunks, frames, latent_dim), memory-mapped. Chunks 2i and 2i+1 are a start and its continuation, as
+in the dataset. latents/latents.json records the fingerprint of the VAE that made it (a hash of its
+weights) and a stamp of the dataset; a cache whose VAE or dataset has changed is refused, never
+silently reused.
 """
 
+import hashlib
+import json
 import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from utilities import CheckpointError, load_checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -36,8 +50,9 @@ def restore_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, epoch, config, scaler=None, metrics=None, partial=False):
-    """Write model, optimizer, scaler, epoch, config, RNG states and metrics to path, atomically.
+def save_checkpoint(path, model, optimizer, epoch, config, scaler=None, metrics=None, partial=False, **extra):
+    """Write model, optimizer, scaler, epoch, config, RNG states and metrics (and `extra` plain values) to path,
+    atomically.
 
     The state goes to a temporary file in the same folder, which then replaces path: a run killed at
     any moment leaves either the old file or the new one, never half of one. The module saved is the
@@ -55,6 +70,7 @@ def save_checkpoint(path, model, optimizer, epoch, config, scaler=None, metrics=
         "config": config,
         "rng_states": rng_states(),
         "metrics": list(metrics or []),
+        **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -65,3 +81,182 @@ def save_checkpoint(path, model, optimizer, epoch, config, scaler=None, metrics=
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The VAE's checkpoint
+
+VAE_FILE = "vae.pt"
+# The keys that decide a VAE's shape: a reused VAE must agree with the config on each of them.
+VAE_SHAPE_KEYS = ("n_fft", "hop_length", "downsample", "latent_dim", "width", "layers")
+
+
+def vae_fingerprint(vae):
+    """A short hash of the VAE's weights: the same weights give the same fingerprint, on any device."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(getattr(vae, "_orig_mod", vae).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def vae_mismatch(saved, config):
+    """Sentences for each way a VAE checkpoint's config disagrees with `config` on shape, rate or channels."""
+    problems = []
+    for key in VAE_SHAPE_KEYS:
+        if saved["vae"][key] != config["vae"][key]:
+            problems.append(f"vae.{key} is {saved['vae'][key]} there but {config['vae'][key]} in the config")
+    for section, key in (("data", "sample_rate"), ("model", "sound_channels")):
+        if saved[section][key] != config[section][key]:
+            problems.append(f"{section}.{key} is {saved[section][key]} there but {config[section][key]} in the config")
+    return problems
+
+
+def load_vae(path, config=None, device="cpu"):
+    """(VAE in eval mode, its checkpoint dict) from a vae.pt. With `config`, a VAE of another shape, sample rate
+    or channel count is refused with a CheckpointError that names the key."""
+    from config_reader import validate
+    from piano_encoder_decoder import vae_from_config
+
+    state = load_checkpoint(path)  # to the CPU: the model is moved to the device after loading
+    if state.get("kind") != "vae":
+        raise CheckpointError(f"{path} is not a VAE checkpoint (it is a MusiGAN {state.get('kind', 'GAN')} "
+                              f"checkpoint); vae.checkpoint must name a vae.pt written by piano_main.py")
+    saved = validate(state["config"], source=f"the config inside {path}")
+    if config is not None:
+        problems = vae_mismatch(saved, config)
+        if problems:
+            raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
+                                  + ". Set those keys to the checkpoint's values, or train a new VAE "
+                                    "(vae.checkpoint: null).")
+    vae = vae_from_config(saved["vae"], saved["model"]["sound_channels"])
+    try:
+        vae.load_state_dict(state["model_state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} holds weights of another shape than its own config says "
+                              f"({str(e).splitlines()[0]}); it is damaged or was edited") from e
+    return vae.to(device).eval(), state
+
+
+# ---------------------------------------------------------------------------------------------
+# The latent cache
+
+LATENT_DIR = "latents"
+CACHE_VERSION = 1
+
+
+class LatentCacheError(CheckpointError):
+    """A latent cache that is missing, stale or damaged, worded for the user."""
+
+
+def dataset_stamp(dataset_dir):
+    """What identifies a dataset's contents cheaply: its dataset.json and the size and mtime of its arrays."""
+    from create_dataset import SPLIT_FILES
+
+    dataset_dir = Path(dataset_dir)
+    stamp = {"dataset_json": hashlib.sha256((dataset_dir / "dataset.json").read_bytes()).hexdigest()[:16]}
+    for split, name in SPLIT_FILES.items():
+        stat = (dataset_dir / name).stat()
+        stamp[split] = [stat.st_size, stat.st_mtime_ns]
+    return stamp
+
+
+def usable_samples(chunk_samples, frame_samples):
+    """The samples of each chunk the cache encodes: the longest multiple of a latent frame."""
+    return chunk_samples - chunk_samples % frame_samples
+
+
+@torch.no_grad()
+def build_latent_cache(vae, folder, dataset_dir, device, batch_size=8, log=print):
+    """Encode every chunk of both splits of dataset_dir into folder/latents/ (see the module docstring).
+
+    Written to temporary names and renamed, latents.json last: a run killed while building leaves no
+    cache that looks complete. Returns the path of latents.json.
+    """
+    from tqdm import tqdm
+
+    from create_dataset import SPLIT_FILES
+    from piano_model import AudioDataset
+
+    out = Path(folder) / LATENT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "latents.json"
+    if manifest.exists():
+        manifest.unlink()  # from here on the old cache is not valid, whatever happens
+    was_training = vae.training
+    vae.eval()
+    info, shapes = None, {}
+    for split in SPLIT_FILES:
+        probe = AudioDataset.from_dataset_dir(dataset_dir, split, vae.frame_samples)
+        info = probe.info
+        samples = usable_samples(probe.chunk_samples, vae.frame_samples)
+        data = AudioDataset.from_dataset_dir(dataset_dir, split, samples, random_crop=False, normalization="peak")
+        frames = samples // vae.frame_samples
+        tmp = out / f".{split}.npy.tmp"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(data), frames, vae.latent_dim))
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        done = 0
+        for target, _, _ in tqdm(loader, desc=f"latent cache: {split}", leave=False, dynamic_ncols=True):
+            mu, _ = vae.encoder(target.to(device))
+            array[done:done + len(mu)] = mu.float().cpu().numpy()
+            done += len(mu)
+        array.flush()
+        del array
+        os.replace(tmp, out / f"{split}.npy")
+        shapes[split] = [len(data), frames, vae.latent_dim]
+    record = {
+        "format_version": CACHE_VERSION, "vae_fingerprint": vae_fingerprint(vae),
+        "dataset_dir": str(Path(dataset_dir).resolve()), "dataset": dataset_stamp(dataset_dir),
+        "sample_rate": info["sample_rate"], "frame_samples": vae.frame_samples,
+        "frames_per_second": info["sample_rate"] / vae.frame_samples, "chunk_samples_encoded": samples,
+        "shapes": shapes, "content": "encoder means (mu); chunks 2i and 2i+1 are a start and its continuation",
+    }
+    tmp = out / ".latents.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    os.replace(tmp, manifest)
+    vae.train(was_training)
+    log(f"latent cache: {', '.join(f'{s} {n[0]} chunks x {n[1]} frames' for s, n in shapes.items())} "
+        f"({record['frames_per_second']:.1f} frames/s) in {out}")
+    return manifest
+
+
+def latent_cache_problem(folder, fingerprint, dataset_dir):
+    """None when folder/latents/ was made by the VAE with this fingerprint from this dataset; else a sentence."""
+    manifest = Path(folder) / LATENT_DIR / "latents.json"
+    if not manifest.exists():
+        return f"there is no latent cache in {manifest.parent}"
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{manifest} cannot be read ({e})"
+    if record.get("format_version") != CACHE_VERSION:
+        return f"{manifest} has format_version {record.get('format_version')}; this MusiGAN writes {CACHE_VERSION}"
+    if record.get("vae_fingerprint") != fingerprint:
+        return (f"the latent cache in {manifest.parent} was made by another VAE (fingerprint "
+                f"{record.get('vae_fingerprint')}, the VAE now is {fingerprint}): it is stale")
+    try:
+        stamp = dataset_stamp(dataset_dir)
+    except OSError as e:
+        return f"the dataset {dataset_dir} cannot be read ({e})"
+    if record.get("dataset") != stamp:
+        return (f"the latent cache in {manifest.parent} was made from another dataset ({record.get('dataset_dir')}) "
+                f"or the dataset in {dataset_dir} has changed since: it is stale")
+    return None
+
+
+def load_latent_cache(folder, fingerprint, dataset_dir):
+    """{"training": memmap, "validation": memmap, "info": latents.json} from folder/latents/, or LatentCacheError
+    when it is missing or stale (piano_main.py rebuilds it: run it again)."""
+    problem = latent_cache_problem(folder, fingerprint, dataset_dir)
+    if problem:
+        raise LatentCacheError(f"{problem}. Run piano_main.py with this config again: it rebuilds the cache.")
+    out = Path(folder) / LATENT_DIR
+    record = json.loads((out / "latents.json").read_text(encoding="utf-8"))
+    cache = {"info": record}
+    for split, shape in record["shapes"].items():
+        array = np.load(out / f"{split}.npy", mmap_mode="r", allow_pickle=False)
+        if list(array.shape) != shape:
+            raise LatentCacheError(f"{out / f'{split}.npy'} holds {list(array.shape)}, not {shape} as latents.json "
+                                   f"says; delete {out} and run piano_main.py again")
+        cache[split] = array
+    return cache

@@ -74,6 +74,8 @@ def tiny_config(tmp_path, dataset, **sections):
         "data": {"dataset_dir": str(dataset), "sample_rate": SR, "batch_size": 4, "num_workers": 0},
         "model": {"n_channels": 16, "seq_len": 2000, "latent_seq_len": 20, "latent_dim": 32, "num_heads": 4,
                   "num_of_gaussians": 3, "noise_dim": 3000},
+        "vae": {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1,
+                "epochs": 1},
         "discriminator": {"n_channels": 16},
         "training": {"epochs": 2, "keys": 8, "pretrain_generator_epochs": 1, "pretrain_discriminator_epochs": 1},
         "output": {"checkpoint_folder": str(tmp_path / "ck"), "music_out_folder": str(tmp_path / "samples"),

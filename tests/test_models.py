@@ -129,7 +129,7 @@ def test_wrong_noise_shape_is_an_error():
 
 
 def test_encoder_decoder_contract():
-    ved = VariationalEncoderDecoder(2, 16, 20, 32, 1000, 0.1, True, 3, noise_dim=1500)
+    ved = VariationalEncoderDecoder(2, 16, 20, 32, 1000, 0.1, True, 3, noise_dim=1500, architecture="seed")
     mu, logvar = ved.encoder(torch.randn(3, 2, 1500))
     assert mu.shape == logvar.shape == (3, 20, 32)
     z = ved.reparameterize(mu, logvar)

@@ -19,7 +19,11 @@ from utilities import load_checkpoint
 from vae_utilities import save_checkpoint
 
 def read_metrics(folder):
-    with open(folder / "metrics.csv", newline="") as f:
+    return read_metrics_named(folder, "metrics")
+
+
+def read_metrics_named(folder, name):
+    with open(folder / f"{name}.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -43,7 +47,11 @@ def test_two_epochs_end_to_end(tmp_path, dataset, capsys):
             info = soundfile.info(wav)
             assert info.samplerate == SR and info.channels == 2 and info.frames == 2000
     out = capsys.readouterr().out
-    assert "health: D: " in out and "pretrain generator epoch 1" in out
+    assert "health: D: " in out and "VAE epoch 1 (vae): STFT distance" in out and "latent cache: " in out
+    assert "pretrain generator" not in out  # stage one replaces the seed's unpaired reconstruction pretraining
+    assert load_checkpoint(ck / "vae.pt")["kind"] == "vae" and (ck / "vae_losses.png").exists()
+    assert [row["phase"] for row in read_metrics_named(ck, "vae_metrics")] == ["vae"]
+    assert (ck / "latents" / "training.npy").exists() and (ck / "latents" / "latents.json").exists()
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset):
