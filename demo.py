@@ -156,6 +156,7 @@ DEMO_CONFIG = {
     "data": {"sample_rate": SAMPLE_RATE, "batch_size": 8, "num_workers": 0, "steps_per_epoch": 16},
     "model": {"n_channels": 32, "seq_len": 6000, "latent_seq_len": 60, "latent_dim": 64, "num_heads": 4,
               "num_layers": 1, "num_of_gaussians": 4, "noise_dim": 6000, "dropout": 0.1},
+    "vae": {"width": 96, "latent_dim": 32, "layers": 2, "epochs": 6, "learning_rate": 1e-3, "kl_warmup_steps": 50},
     "discriminator": {"n_channels": 32},
     "training": {"epochs": 12, "keys": 12, "pretrain_generator_epochs": 1, "pretrain_discriminator_epochs": 1},
     "output": {"save_after_nepochs": 3, "samples_per_save": 2},
@@ -173,13 +174,13 @@ def run_demo(run_dir, overrides=(), song_seconds=75, clip_seconds=20, chunk_seco
 
     run_dir = Path(run_dir)
     music = run_dir / "music"
-    log(f"1/6 rendering the demo collection into {music} (reused when there)")
+    log(f"1/7 rendering the demo collection into {music} (reused when there)")
     render_collection(music, song_seconds, songs=songs)
-    log("2/6 prepare_dataset.py")
+    log("2/7 prepare_dataset.py")
     if prepare_dataset.main([str(music), "--out", str(run_dir / "prepared"), "--sample-rate", str(SAMPLE_RATE),
                              "--clip-seconds", str(clip_seconds)]) != 0:
         return 1
-    log("3/6 create_dataset.py")
+    log("3/7 create_dataset.py")
     if create_dataset.main([str(run_dir / "prepared"), "--out", str(run_dir / "dataset"), "--chunk-seconds",
                             str(chunk_seconds), "--val-fraction", "0.2", "--overwrite"]) != 0:
         return 1
@@ -190,25 +191,30 @@ def run_demo(run_dir, overrides=(), song_seconds=75, clip_seconds=20, chunk_seco
     for assignment in overrides:
         apply_override(raw, assignment)
     config = validate(raw, source="the demo preset")
-    for old in ("checkpoints", "samples", "generated"):  # the demo's own outputs from an earlier demo run
+    for old in ("checkpoints", "samples", "generated", "reconstructions"):  # the demo's own outputs from an earlier demo run
         shutil.rmtree(run_dir / old, ignore_errors=True)
     write_config(config, run_dir / "demo_config.yaml")
-    log(f"4/6 training the demo preset ({config['training']['epochs']} epochs; config in {run_dir / 'demo_config.yaml'})")
+    log(f"4/7 training the demo preset ({config['training']['epochs']} epochs; config in {run_dir / 'demo_config.yaml'})")
     status = piano_main.main(["--config", str(run_dir / "demo_config.yaml"), "--device", "cpu"])
     if status != 0:
         return status
     folder = str(run_dir / "checkpoints")
-    log("5/6 check_discriminator.py")
+    log("5/7 check_discriminator.py")
     check_discriminator.main(["--gen-epoch", "latest", "--checkpoint-folder", folder, "--samples", "16", "--device", "cpu"])
-    log("6/6 generate.py")
+    log("6/7 generate.py")
     generate.main(["--epoch", "latest", "--checkpoint-folder", folder, "--count", "8", "--seconds", "8",
                    "--rank-by-discriminator", "3", "--out", str(run_dir / "generated"), "--device", "cpu"])
+    log("7/7 generate.py --reconstruct: a rendered song through the VAE (the ceiling of quality)")
+    generate.main(["--reconstruct", str(music / f"{(songs or list(SONGS))[0]}.mp3"), "--checkpoint-folder", folder,
+                   "--out", str(run_dir / "reconstructions"), "--device", "cpu"])
     log(f"""
 Demo finished. Everything is under {run_dir}:
   listen:       {run_dir / 'generated'}  (ranked by the discriminator, with PNG plots)
+                {run_dir / 'reconstructions'}  (a song and its rebuild by the VAE, side by side)
                 {run_dir / 'samples'}/epoch_N  (samples saved during training)
   training data:{run_dir / 'music'} (rendered melodies), {run_dir / 'dataset'}
-  metrics:      {run_dir / 'checkpoints' / 'metrics.csv'} and losses.png
+  metrics:      {run_dir / 'checkpoints' / 'metrics.csv'} and losses.png (GAN), vae_metrics.csv and
+                vae_losses.png (stage one: the VAE)
   sweep:        {run_dir / 'checkpoints' / 'discriminator_over_epochs.png'} and .csv
   checkpoints:  {run_dir / 'checkpoints'}
 The demo model is small and trained for minutes: expect piano-like noise, not music. Train on your own

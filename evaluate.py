@@ -103,10 +103,15 @@ def spectral_motion_db(clip, sample_rate, n_mels=40):
     return float(np.median(level.std(axis=1)))
 
 
-def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=4096, neighbours=12):
-    """(dB, Hz): how far the strongest bin of the clips' average spectrum stands above the median of its
-    `neighbours` on each side, above min_hz, and where. A decoder that stamps a fixed pattern on every
-    output shows it here: real songs, averaged, stay under about 5 dB."""
+def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=1024, neighbours=8):
+    """(dB, Hz): how far the strongest bin of the clips' average spectrum (Welch, n_fft) stands above the median
+    of its `neighbours` on each side, above min_hz, and where.
+
+    A decoder that stamps a fixed pattern on every output shows it here. Calibration at 12 kHz with the
+    defaults (11.7 Hz bins, +-94 Hz of neighbours; docs/experiments.md): the seed's untrained decoder 10.5 dB,
+    a spectral decoder predicting absolute phase 12.7 dB, the spectral VAE's untrained decoder 1.7 dB; 32 clips
+    of asc-music 6.9 dB. Music with sustained notes in one key scores high too (12 hyperrogue tracks: 15 dB),
+    so a trained decoder is compared with the songs it learned from."""
     from scipy import signal
 
     spectra = []
@@ -122,6 +127,24 @@ def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=4096, neighbours=12):
     excess = np.where(freqs >= min_hz, level - around, -np.inf)
     peak = int(np.argmax(excess))
     return float(excess[peak]), float(freqs[peak])
+
+
+def loudness_pulse(clips, sample_rate, hz, hop=32):
+    """How strongly loudness pulses at `hz`: the power of the clips' RMS envelope (hop-sample frames) at hz,
+    over the median power within 20 bins around it. About 1 for music; a decoder or a joining scheme that
+    dips every period (a latent frame, a chunk) scores tens."""
+    spectra = []
+    for clip in clips:
+        clip = np.asarray(clip, np.float64)
+        mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+        frames = mono[:len(mono) // hop * hop].reshape(-1, hop)
+        envelope = np.sqrt((frames ** 2).mean(axis=1))
+        spectra.append(np.abs(np.fft.rfft(envelope - envelope.mean())) ** 2)
+    length = min(len(s) for s in spectra)
+    power = np.mean([s[:length] for s in spectra], axis=0)
+    freqs = np.fft.rfftfreq(2 * length - 2, hop / sample_rate)
+    i = int(np.argmin(np.abs(freqs - hz)))
+    return float(power[i] / max(np.median(power[max(1, i - 20):i + 21]), 1e-30))
 
 
 def compare(real_clips, fake_clips, sample_rate):

@@ -13,6 +13,15 @@ audio file goes a PNG with its waveform and spectrogram.
 With --rank-by-discriminator K, --count candidates are generated and the discriminator of the same
 epoch scores each one (the mean of its logits over the candidate's segments); the K it rates most
 real are kept, best first.
+
+    python generate.py --reconstruct song.mp3                 # through the run's VAE: the ceiling of quality
+    python generate.py --reconstruct ~/Music/album --out reconstructions --vae checkpoints/vae.pt
+
+--reconstruct encodes and decodes any audio file, or every audio file under a folder, with the run's
+trained VAE (checkpoint_folder/vae.pt, or --vae). For each, NAME.original.wav (the input at the model's
+sample rate, stereo, as training saw it) and NAME.reconstruction.wav go side by side into --out
+(default: reconstructions), at the input's own level: what the VAE keeps is the best any generator
+built on it can sound. A file that cannot be decoded is skipped with the reason.
 """
 
 import argparse
@@ -104,6 +113,74 @@ def discriminator_scores(folder, epoch, config, segments, device, batch_size=8):
     return torch.cat(logits).view(count, per_piece).mean(dim=1)
 
 
+RECONSTRUCT_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
+
+
+def reconstruct_paths(target):
+    """The audio files --reconstruct works on: the file itself, or every audio file under a folder."""
+    target = Path(target)
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in RECONSTRUCT_SUFFIXES)
+        if not paths:
+            raise ValueError(f"no audio files ({', '.join(RECONSTRUCT_SUFFIXES)}) under {target}")
+        return paths
+    if not target.exists():
+        raise ValueError(f"--reconstruct {target}: no such file or folder")
+    return [target]
+
+
+def reconstruct_audio(vae, audio, peak, device):
+    """(2, T) float32 at the model's rate -> its reconstruction, (2, T), at the same level."""
+    length = audio.shape[1]
+    padded = -(-length // vae.frame_samples) * vae.frame_samples
+    x = torch.zeros(1, audio.shape[0], padded)
+    x[0, :, :length] = torch.from_numpy(audio) / peak  # the level training saw: divided by its global peak
+    x = x.to(device)
+    with torch.inference_mode():
+        mu, _ = vae.encode_long(x)
+        return (vae.decode_long(mu)[0, :, :length].float().cpu() * peak).numpy()
+
+
+def reconstruct(args):
+    """generate.py --reconstruct: each file through the VAE, written beside a copy of the input. Returns the exit status."""
+    import soundfile
+
+    from prepare_dataset import PrepareError, decode_audio
+    from vae_utilities import VAE_FILE, load_vae
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae_path = Path(args.vae) if args.vae else run_folder(args.checkpoint_folder, args.config) / VAE_FILE
+    if not vae_path.exists():
+        raise CheckpointError(f"no VAE at {vae_path}; train one with python piano_main.py (stage one writes "
+                              f"checkpoint_folder/{VAE_FILE}), or name one with --vae")
+    vae, state = load_vae(vae_path, device=device)
+    sample_rate, peak = state["sample_rate"], state["data_peak"]
+    paths = reconstruct_paths(args.reconstruct)
+    out = Path(args.out or "reconstructions")
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for path in paths:
+        try:
+            audio = decode_audio(path, sample_rate)
+        except PrepareError as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        recon = reconstruct_audio(vae, audio, peak, device)
+        name = path.stem if len(paths) == 1 else "_".join(path.relative_to(args.reconstruct).with_suffix("").parts)
+        for kind, signal in (("original", audio), ("reconstruction", recon)):
+            file = out / f"{name}.{kind}.wav"
+            soundfile.write(file, np.clip(signal, -1, 1).T, sample_rate, subtype="PCM_16")
+            if not args.no_plots:
+                plot_audio(np.clip(signal, -1, 1), sample_rate, file.with_suffix(".png"), f"{file.name} ({vae_path})")
+        written += 1
+        print(f"wrote {out / name}.original.wav and .reconstruction.wav ({audio.shape[1] / sample_rate:.1f} s, "
+              f"{sample_rate} Hz)")
+    if not written:
+        print(f"error: none of the {len(paths)} file(s) could be decoded", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epoch", default="latest", help="the generator's epoch, or latest (default: latest)")
@@ -111,7 +188,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each piece in seconds (default: 10)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="wav", help="audio format (default: wav)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise; the same seed gives the same music (default: 0)")
-    parser.add_argument("--out", default="generated", help="output folder (default: generated)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: generated, or reconstructions with --reconstruct)")
     parser.add_argument("--crossfade-ms", type=float, default=50.0, help="overlap between segments (default: 50)")
     parser.add_argument("--rank-by-discriminator", type=int, default=0, metavar="K",
                         help="keep only the K of --count pieces the discriminator rates most real (default: off)")
@@ -121,7 +199,18 @@ def main(argv=None):
     parser.add_argument("--checkpoint-folder", default=None, help="the run's folder (overrides the config's)")
     parser.add_argument("--no-plots", action="store_true", help="skip the waveform/spectrogram PNGs")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--reconstruct", metavar="PATH", default=None,
+                        help="encode and decode this audio file, or every audio file under this folder, with the "
+                             "run's VAE; writes NAME.original.wav and NAME.reconstruction.wav to --out "
+                             "(default there: reconstructions)")
+    parser.add_argument("--vae", default=None, help="the VAE for --reconstruct (default: the run folder's vae.pt)")
     args = parser.parse_args(argv)
+    if args.reconstruct:
+        try:
+            return reconstruct(args)
+        except (ValueError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         if args.count < 1 or args.seconds <= 0:
             raise ValueError("--count must be at least 1 and --seconds positive")
@@ -148,7 +237,7 @@ def main(argv=None):
     if args.rank_by_discriminator:
         scores = discriminator_scores(folder, epoch, config, segments, device)
         order = scores.argsort(descending=True).tolist()[:args.rank_by_discriminator]
-    out = Path(args.out)
+    out = Path(args.out or "generated")
     out.mkdir(parents=True, exist_ok=True)
     fmt, subtype = FORMATS[args.format]
     for rank, index in enumerate(order):

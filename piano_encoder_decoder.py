@@ -219,6 +219,37 @@ class ConvBlock(nn.Module):
         return x + h.transpose(1, 2)
 
 
+class BandlimitedUpsample(nn.Module):
+    """(B, C, L) -> (B, C, L * factor) by windowed-sinc interpolation: band-limited, so it adds no pattern.
+
+    Linear interpolation of a sequence whose neighbours are independent gives its in-between points less
+    variance than the points themselves (0.53 against 1 halfway), so every decoded latent frame pulsed in
+    loudness at the latent rate. Sinc interpolation keeps the variance of every output phase within 4 % of
+    the others for independent inputs (a 33-tap Kaiser window per phase), and reproduces smooth inputs
+    exactly, so neither kind pulses. Output frame t sits at latent
+    time (t + 0.5) / factor - 0.5, where the encoder's strided convolution centres it.
+    """
+
+    def __init__(self, factor, half_width=16, beta=6.0):
+        super().__init__()
+        self.factor, self.half_width = factor, half_width
+        offsets = torch.arange(-half_width, half_width + 1, dtype=torch.float64)  # latent frames around
+        phases = ((torch.arange(factor, dtype=torch.float64) + 0.5) / factor - 0.5)[:, None]  # (factor, 1)
+        x = offsets[None, :] - phases  # (factor, taps): distance from each tap to the output's position
+        window = torch.special.i0(beta * torch.sqrt((1 - (x / (half_width + 1)) ** 2).clamp_min(0))) / torch.special.i0(
+            torch.tensor(beta, dtype=torch.float64))
+        kernel = torch.sinc(x) * window
+        kernel = kernel / kernel.sum(dim=1, keepdim=True)  # a constant stays that constant at every phase
+        self.register_buffer("kernel", kernel.float(), persistent=False)  # (factor, taps)
+
+    def forward(self, x):
+        batch, channels, length = x.shape
+        padded = F.pad(x, (self.half_width, self.half_width), mode="replicate")
+        weight = self.kernel.repeat(channels, 1).unsqueeze(1).to(x.dtype)  # (channels * factor, 1, taps)
+        out = F.conv1d(padded, weight, groups=channels)  # (B, channels * factor, L): phase p of channel c
+        return out.view(batch, channels, self.factor, length).transpose(2, 3).reshape(batch, channels, -1)
+
+
 def conv_stack(width, layers):
     """`layers` blocks with growing dilation (1, 2, 4, ...), so the stack sees a wide context."""
     return nn.Sequential(*(ConvBlock(width, dilation=2 ** (i % 3)) for i in range(layers)))
@@ -272,13 +303,26 @@ class SpectralCodec(nn.Module):
         batch, channels, _, frames = spec.shape
         chunks = torch.fft.irfft(spec.reshape(batch * channels, self.bins, frames), n=self.n_fft, dim=1)
         chunks = chunks * self.window[:, None]  # (B*C, n_fft, frames)
-        total = (frames - 1) * self.hop + self.n_fft
-        fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft), stride=(1, self.hop))
-        audio = F.fold(chunks, **fold)[:, 0, 0]  # (B*C, total)
-        envelope = F.fold(self.window.square()[None, :, None].expand(1, -1, frames), **fold)[0, 0, 0]
+        audio = self.overlap_add(chunks)  # (B*C, (frames - 1) * hop + n_fft)
+        envelope = self.overlap_add(self.window.square()[None, :, None].expand(1, -1, frames))[0]
         keep = slice(self.pad, self.pad + frames * self.hop)
         audio = audio[:, keep] / envelope[keep].clamp_min(1e-8)
         return audio.view(batch, channels, -1)
+
+    def overlap_add(self, chunks):
+        """(N, n_fft, frames) -> (N, (frames - 1) * hop + n_fft): frame t added in at sample t * hop."""
+        count, _, frames = chunks.shape
+        total = (frames - 1) * self.hop + self.n_fft
+        if self.n_fft % self.hop:  # the general case
+            fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft), stride=(1, self.hop))
+            return F.fold(chunks, **fold)[:, 0, 0]
+        # hop divides n_fft: each frame is n_fft / hop hop-long pieces, and piece j of frame t lands on output
+        # block t + j, so the sum is n_fft / hop shifted additions (several times faster than F.fold on a CPU).
+        pieces = chunks.transpose(1, 2).reshape(count, frames, self.n_fft // self.hop, self.hop)
+        out = chunks.new_zeros(count, frames + self.n_fft // self.hop - 1, self.hop)
+        for j in range(self.n_fft // self.hop):
+            out[:, j:j + frames] += pieces[:, :, j]
+        return out.view(count, total)
 
 
 class SpectralEncoder(nn.Module):
@@ -288,7 +332,7 @@ class SpectralEncoder(nn.Module):
         super().__init__()
         self.codec = codec
         self.inp = nn.Conv1d(channels * codec.bins, width, 1)
-        self.frame_blocks = conv_stack(width, layers)
+        self.frame_blocks = conv_stack(width, max(0, layers - 1))
         self.down = nn.Conv1d(width, width, 2 * downsample, stride=downsample, padding=downsample // 2)
         self.latent_blocks = conv_stack(width, layers)
         self.to_gaussian = nn.Conv1d(width, 2 * latent_dim, 1)
@@ -314,8 +358,9 @@ class SpectralDecoder(nn.Module):
         self.codec, self.channels, self.downsample = codec, channels, downsample
         self.inp = nn.Conv1d(latent_dim, width, 3, padding=1)
         self.latent_blocks = conv_stack(width, layers)
+        self.upsample = BandlimitedUpsample(downsample)
         self.up = nn.Conv1d(width, width, 3, padding=1)  # after interpolation: a convolution at the new rate
-        self.frame_blocks = conv_stack(width, layers)
+        self.frame_blocks = conv_stack(width, max(0, layers - 1))
         self.to_magnitude = nn.Conv1d(width, channels * codec.bins, 1)
         self.to_phase = nn.Conv1d(width, 2 * channels * codec.bins, 1, bias=False)  # no bias: no fixed phase
         # Magnitudes start flat and quiet: random weights here would give each bin a fixed random gain, lines
@@ -325,14 +370,15 @@ class SpectralDecoder(nn.Module):
 
     def forward(self, z):
         h = self.latent_blocks(self.inp(z.transpose(1, 2)))  # (B, width, latent frames)
-        h = F.interpolate(h, scale_factor=self.downsample, mode="linear", align_corners=False)
-        h = self.frame_blocks(self.up(h))  # (B, width, frames)
+        h = self.frame_blocks(self.up(self.upsample(h)))  # (B, width, frames)
         batch, _, frames = h.shape
         with torch.autocast(z.device.type, enabled=False):  # magnitudes, phases and the inverse FFT in float32
             log_magnitude = self.to_magnitude(h.float()).clamp(max=8.0)  # e^8: far above a full-scale sine
             xy = self.to_phase(h.float()).view(batch, self.channels, 2, self.codec.bins, frames)
+            # The angle of (x, y). Its gradient grows as 1 / |(x, y)|: the epsilon bounds it (training diverged
+            # without it), at the price of a softer magnitude where |(x, y)| falls below 0.1.
             unit = torch.complex(xy[:, :, 0], xy[:, :, 1])
-            unit = unit / (unit.abs() + 1e-6) * self.codec.bin_advance(frames)
+            unit = unit * torch.rsqrt(xy.square().sum(dim=2) + 1e-2) * self.codec.bin_advance(frames)
             spec = torch.exp(log_magnitude).view(batch, self.channels, self.codec.bins, frames) * unit
             return self.codec.istft(spec)
 
@@ -342,7 +388,9 @@ class VariationalEncoderDecoder(nn.Module):
 
     architecture="stft" (default), the VAE of the user's music: input_dim audio channels; n_channels,
     the convolution width; latent_dim, the size of a latent frame; n_fft, hop_length and downsample set
-    the latent rate (sample_rate / (hop_length * downsample) frames per second); `layers` blocks per rate.
+    the latent rate (sample_rate / (hop_length * downsample) frames per second). Each half has `layers`
+    residual blocks at the latent rate and layers - 1 at the STFT frame rate, where a block costs
+    `downsample` times more.
     It takes any length that is a multiple of frame_samples (hop_length * downsample); n_seq and
     song_duration, when given, are only checked against that.
 
@@ -398,6 +446,33 @@ class VariationalEncoderDecoder(nn.Module):
     def forward(self, x):
         mu, logvar = self.encoder(x)
         return mu, logvar, self.decoder(self.reparameterize(mu, logvar))
+
+    @torch.no_grad()
+    def encode_long(self, x, block_frames=1024, margin_frames=64):
+        """encoder(x) for audio of any length (B, C, T), T a multiple of frame_samples, in blocks of block_frames
+        latent frames. Each block is encoded with margin_frames of real context on both sides, more than the
+        encoder sees, so the result matches encoding the whole signal at once: no seams, bounded memory."""
+        fs = self.frame_samples
+        return self._in_blocks(lambda lo, hi: self.encoder(x[..., lo * fs:hi * fs]), x.shape[-1] // fs,
+                               block_frames, margin_frames, dim=1)
+
+    @torch.no_grad()
+    def decode_long(self, z, block_frames=1024, margin_frames=64):
+        """decoder(z) for a latent sequence of any length (B, frames, latent_dim), in blocks, without seams."""
+        fs = self.frame_samples
+        return self._in_blocks(lambda lo, hi: (self.decoder(z[:, lo:hi]),), z.shape[1], block_frames, margin_frames,
+                               dim=-1, scale=fs)[0]
+
+    @staticmethod
+    def _in_blocks(run, frames, block_frames, margin_frames, dim, scale=1):
+        """Concatenate, along `dim`, the central part of run(lo, hi) for blocks of block_frames latent frames."""
+        pieces = []
+        for start in range(0, frames, block_frames):
+            stop = min(frames, start + block_frames)
+            lo, hi = max(0, start - margin_frames), min(frames, stop + margin_frames)
+            keep = slice((start - lo) * scale, (stop - lo) * scale)
+            pieces.append([out.narrow(dim, keep.start, keep.stop - keep.start) for out in run(lo, hi)])
+        return [torch.cat(parts, dim=dim) for parts in zip(*pieces)]
 
 
 def vae_from_config(vae_config, channels):

@@ -128,14 +128,20 @@ def copy_atomically(source, destination):
     os.replace(tmp, destination)
 
 
-def stage_one(config, device, info, autocast, deadline, log=print):
+def stage_one(config, device, info, autocast, deadline, gan_started=False, log=print):
     """The VAE of the music: trained (or resumed) in checkpoint_folder/vae.pt, or copied there from
-    vae.checkpoint; then its latent cache, built unless an up-to-date one is there. Returns (vae, status)."""
+    vae.checkpoint; then its latent cache, built unless an up-to-date one is there. Returns (vae, status).
+
+    A VAE that stopped early (Ctrl-C, a kill) is trained on when the run resumes; so is one whose vae.epochs
+    was raised, until the GAN stage has begun on its latents. One that stopped on its time budget is final."""
     v, out = config["vae"], config["output"]
     folder = Path(out["checkpoint_folder"])
     path = folder / VAE_FILE
     dataset_dir = config["data"]["dataset_dir"]
     if v["checkpoint"] and not path.exists():
+        if not Path(v["checkpoint"]).is_file():
+            raise CheckpointError(f"vae.checkpoint is {v['checkpoint']}, which does not exist; point it at a vae.pt "
+                                  f"that piano_main.py wrote, or set it to null to train a VAE")
         load_vae(v["checkpoint"], config)  # refuses a VAE that does not fit, naming the key
         copy_atomically(v["checkpoint"], path)
         log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
@@ -145,7 +151,10 @@ def stage_one(config, device, info, autocast, deadline, log=print):
     if state is not None and (problems := vae_mismatch(validate(state["config"], source=str(path)), config)):
         raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
                               + ". Use the config it was trained with (config.yaml beside it).")
-    if state is None or not state.get("complete"):
+    total = v["epochs"] + v["adversarial_epochs"]
+    more_epochs = (state is not None and not gan_started and state.get("stop_reason") == "done"
+                   and state["epoch"] < total)  # vae.epochs was raised before the GAN stage began
+    if state is None or not state.get("complete") or more_epochs:
         status = train_vae(config, device, info, autocast, state, deadline, log)
         if status == "interrupted":
             return None, status
@@ -191,13 +200,13 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         f"{info['sample_rate'] / vae.frame_samples:.1f} latent frames per second x {v['latent_dim']}; "
         f"{len(train_data)} training chunks, crops of {segment} samples")
 
-    def save(epoch, history, step, partial=False, complete=False):
+    def save(epoch, history, step, partial=False, complete=False, stop_reason=None):
         extra = {}
         if discriminator is not None:
             extra = dict(discriminator_state_dict=discriminator.state_dict(),
                          discriminator_optimizer_state_dict=optim_d.state_dict())
         save_checkpoint(folder / VAE_FILE, vae, optim, epoch, config, metrics=history, partial=partial, kind="vae",
-                        step=step, complete=complete, data_peak=float(info["peak"]),
+                        step=step, complete=complete, stop_reason=stop_reason, data_peak=float(info["peak"]),
                         sample_rate=int(info["sample_rate"]), fingerprint=vae_fingerprint(vae), **extra)
         if history:
             write_metrics(history, folder, name="vae_metrics", panels=VAE_PANELS, plot_name="vae_losses.png")
@@ -211,7 +220,7 @@ def train_vae(config, device, info, autocast, state, deadline, log):
                                          discriminator=discriminator, optim_d=optim_d, save=save,
                                          deadline=vae_deadline, log=log)
     if status != "interrupted":
-        save(history[-1]["epoch"] if history else 0, history, step, complete=True)
+        save(history[-1]["epoch"] if history else 0, history, step, complete=True, stop_reason=status)
     return status
 
 
@@ -247,7 +256,7 @@ def run(config, device, log=print):
     # Stage one comes before the GAN's random state is restored: building or loading the VAE draws from it.
     if config["vae"]["enabled"]:
         deadline = started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None
-        _, status = stage_one(config, device, info, autocast, deadline, log)
+        _, status = stage_one(config, device, info, autocast, deadline, gan_started=resume_epoch is not None, log=log)
         if status == "interrupted":
             return status
 

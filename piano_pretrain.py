@@ -156,7 +156,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         """One optimizer step on loss; False when it was skipped for a NaN or Inf."""
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()
-        return apply_update(optimizer, params, scaler, t["grad_clip"], bool(torch.isfinite(loss)))
+        return apply_update(optimizer, params, scaler, v["grad_clip"], bool(torch.isfinite(loss)))
 
     def reconstruction_step(target):
         beta = kl_weight_at(step, v["kl_weight"], v["kl_warmup_steps"])

@@ -225,7 +225,8 @@ def plot_losses(history, path, panels=GAN_PANELS):
 
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
-    axes.flat[-1].axis("off")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     for ax, (title, keys, bands) in zip(axes.flat, panels):
         for key in keys:
             points = [(row["epoch"], row[key]) for row in history if key in row]

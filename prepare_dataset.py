@@ -185,10 +185,7 @@ def soundfile_windows(path, sample_rate, clip_samples, outcome):
                 outcome.update(failed=True, log=str(e))
                 block = np.empty((0, source.channels), np.float32)
             last = len(block) == 0
-            if block.shape[1] == 1:  # both channels at -3 dB, as ffmpeg's -ac 2 does it
-                block = np.repeat(block * np.float32(np.sqrt(0.5)), CHANNELS, axis=1)
-            elif block.shape[1] > CHANNELS:
-                block = np.stack([block[:, 0::2].mean(1), block[:, 1::2].mean(1)], axis=1)
+            block = to_stereo(block)  # both channels at -3 dB for mono, as ffmpeg's -ac 2 does it
             resampled = resampler.resample_chunk(np.ascontiguousarray(block), last=last)
             outcome["seconds"] += len(resampled) / sample_rate
             while len(resampled):
@@ -200,6 +197,39 @@ def soundfile_windows(path, sample_rate, clip_samples, outcome):
                     filled = 0
             if last:
                 return
+
+
+def to_stereo(block):
+    """(samples, channels) -> (samples, 2) as ffmpeg's -ac 2 does it: mono to both channels at -3 dB; more than two
+    channels mixed as even-numbered to the left, odd-numbered to the right."""
+    if block.shape[1] == 1:
+        return np.repeat(block * np.float32(np.sqrt(0.5)), CHANNELS, axis=1)
+    if block.shape[1] > CHANNELS:
+        return np.stack([block[:, 0::2].mean(1), block[:, 1::2].mean(1)], axis=1)
+    return block
+
+
+def decode_audio(path, sample_rate):
+    """A whole audio file as float32 (2, samples) at sample_rate, decoded as the clips are (ffmpeg, else libsndfile
+    and soxr). PrepareError says why a file cannot be decoded."""
+    import soundfile
+    import soxr
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrepareError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise PrepareError(f"{path} is empty")
+    proc = subprocess.run(ffmpeg_command(path, sample_rate), capture_output=True)
+    audio = np.frombuffer(proc.stdout, np.float32)
+    if proc.returncode == 0 and len(audio) >= CHANNELS * sample_rate // 100:
+        return audio[:len(audio) // CHANNELS * CHANNELS].reshape(-1, CHANNELS).T.copy()
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        reason = describe_ffmpeg_error(proc.stderr.decode("utf-8", "replace")) if proc.returncode else "no audio in it"
+        raise PrepareError(f"{path} cannot be decoded as audio ({reason})") from None
+    return soxr.resample(to_stereo(data), rate, sample_rate).T.astype(np.float32, copy=False)
 
 
 def convert_song(task):

@@ -137,7 +137,7 @@ def test_crossfade_join_keeps_length_and_level():
 def test_the_demo_runs_end_to_end_with_a_tiny_preset(tmp_path, capsys):
     overrides = ["training.epochs=1", "data.steps_per_epoch=2", "training.pretrain_generator_epochs=0",
                  "training.pretrain_discriminator_epochs=1", "model.seq_len=3000", "model.noise_dim=3000",
-                 "model.latent_seq_len=30"]
+                 "model.latent_seq_len=30", "vae.epochs=1", "vae.width=16", "vae.layers=1"]
     code = demo.run_demo(tmp_path, overrides, song_seconds=9, clip_seconds=4, chunk_seconds=1,
                          songs=["ode_to_joy", "twinkle_twinkle", "greensleeves"])
     assert code == 0
@@ -147,6 +147,9 @@ def test_the_demo_runs_end_to_end_with_a_tiny_preset(tmp_path, capsys):
         assert soundfile.info(wav).samplerate == demo.SAMPLE_RATE and soundfile.info(wav).duration == pytest.approx(8)
     assert len(list((tmp_path / "generated").glob("*.wav"))) == 3
     assert (tmp_path / "checkpoints" / "discriminator_over_epochs.png").exists()
+    assert (tmp_path / "checkpoints" / "vae.pt").exists() and (tmp_path / "checkpoints" / "latents").is_dir()
+    recon = soundfile.info(tmp_path / "reconstructions" / "ode_to_joy.reconstruction.wav")
+    assert recon.samplerate == demo.SAMPLE_RATE and recon.duration == pytest.approx(9, abs=0.05)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "music").glob("*.mp3")}
     assert len(mtimes) == 3
     demo.render_collection(tmp_path / "music", 9, songs=["ode_to_joy", "twinkle_twinkle", "greensleeves"])

@@ -1,0 +1,262 @@
+"""Stage one: the VAE of the user's music. It learns, stamps no fixed lines, keeps loudness, caches its latents
+(and refuses a stale cache), rebuilds any audio file with generate.py --reconstruct, resumes exactly, and can
+be reused by a later run; the seed's preset still trains without it."""
+
+import csv
+import json
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+
+import config_reader
+import generate
+import piano_main
+from conftest import ROOT, SR, synth_song, tiny_config, write_audio
+from evaluate import spectral_motion_db, tonal_lines_db
+from piano_encoder_decoder import VariationalEncoderDecoder, vae_from_config
+from piano_model import AudioDataset
+from piano_pretrain import VAE_STFT_SIZES, pretrain_vae, validate_vae
+from loss_functions import MultiResolutionSTFTLoss
+from utilities import load_checkpoint
+from vae_utilities import (LatentCacheError, build_latent_cache, load_latent_cache, load_vae, save_checkpoint,
+                           vae_fingerprint)
+
+TINY_VAE = {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1, "epochs": 1}
+GAN_OFF = {"epochs": 0, "keys": 8, "pretrain_discriminator_epochs": 0}
+
+
+def test_encoder_and_decoder_shapes_and_any_length():
+    vae = VariationalEncoderDecoder(2, 16, latent_dim=8, n_fft=128, hop_length=32, downsample=4, layers=1)
+    for length in (128, 1280, 4096):
+        x = torch.randn(3, 2, length) * 0.1
+        mu, logvar = vae.encoder(x)
+        assert mu.shape == logvar.shape == (3, length // 128, 8)
+        assert vae.decoder(vae.reparameterize(mu, logvar)).shape == (3, 2, length)  # stereo stays stereo
+    with pytest.raises(ValueError, match="seq_len .* must be a multiple of hop_length x downsample"):
+        VariationalEncoderDecoder(2, 16, latent_dim=8, song_duration=1000, n_fft=128, hop_length=32, downsample=4)
+
+
+def test_long_signals_in_blocks_equal_one_pass():
+    torch.manual_seed(0)
+    vae = VariationalEncoderDecoder(2, 16, latent_dim=8, n_fft=128, hop_length=32, downsample=4, layers=2).eval()
+    x = torch.randn(1, 2, 128 * 300) * 0.1
+    with torch.no_grad():
+        mu, _ = vae.encoder(x)
+        whole = vae.decoder(mu)
+    mu_blocks, _ = vae.encode_long(x, block_frames=64, margin_frames=32)
+    torch.testing.assert_close(mu_blocks, mu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vae.decode_long(mu, block_frames=64, margin_frames=32), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_untrained_decoder_stamps_no_fixed_lines():
+    """Average spectrum of 32 clips from random latents: no bin above 100 Hz more than 6 dB above its neighbours."""
+    torch.manual_seed(0)
+    vae = VariationalEncoderDecoder().eval()  # the default config's VAE
+    with torch.no_grad():
+        clips = vae.decoder(torch.randn(32, 47, 64)).numpy()  # 2 s each at 12 kHz
+    excess, hz = tonal_lines_db(list(clips), 12000)
+    assert excess <= 6.0, f"a line {excess:.1f} dB above its neighbours at {hz:.0f} Hz"
+    # The same measure catches the seed's sub-pixel decoder, whose lines sit at multiples of fs / factor.
+    seed = VariationalEncoderDecoder(2, 32, 50, 32, 2000, noise_dim=2000, architecture="seed").eval()
+    with torch.no_grad():
+        seed_clips = seed.decoder(torch.randn(32, 50, 32)).numpy()
+    assert tonal_lines_db(list(seed_clips), 12000)[0] > 6.0
+
+
+def test_a_quiet_passage_stays_quiet():
+    t = np.arange(4000) / SR
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float16)
+    chunks = np.stack([np.stack([tone, tone]) * 0.5, np.stack([tone, tone]) * 0.005, np.zeros((2, 4000), np.float16)])
+    peak = AudioDataset(chunks, 4000, random_crop=False, normalization="peak")
+    loud, quiet, silent = (peak[i][0] for i in range(3))
+    assert float(loud.std() / quiet.std()) == pytest.approx(100, rel=0.01)  # 40 dB apart before, 40 dB after
+    assert float(silent.abs().max()) == 0
+    # The seed's per-chunk standardization no longer blows a -40 dB passage up to full loudness.
+    seed = AudioDataset(chunks, 4000, random_crop=False, normalization="chunk")
+    assert float(seed[0][0].std()) == pytest.approx(1, rel=0.01)
+    assert float(seed[1][0].std()) < 0.5
+
+
+def vae_config(**vae):
+    config = config_reader.defaults()
+    config["data"].update(sample_rate=SR, batch_size=8, num_workers=0, steps_per_epoch=0)
+    config["model"]["seq_len"] = 4096
+    config["vae"].update({"n_fft": 256, "hop_length": 64, "downsample": 4, "latent_dim": 16, "width": 48, "layers": 2,
+                          **vae})
+    return config
+
+
+def test_the_vae_learns_a_song_within_seconds():
+    """A tiny VAE halves its STFT distance to a synthesized song's chunks in seconds of training."""
+    torch.manual_seed(0)
+    song = synth_song(16, SR, 2, seed=3).T  # (2, T)
+    chunks = np.stack([song[:, i:i + 8192] for i in range(0, song.shape[1] - 8192 + 1, 2048)]).astype(np.float16)
+    train = AudioDataset(chunks, 4096, normalization="peak")
+    val = AudioDataset(chunks[:8], 4096, random_crop=False, normalization="peak")
+    config = vae_config(epochs=40, learning_rate=1e-3, kl_weight=1e-4, kl_warmup_steps=50)
+    vae = vae_from_config(config["vae"], 2)
+    stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES)
+    before = validate_vae(vae, val, stft, "cpu", nullcontext)["val/stft"]
+    history, step, status = pretrain_vae(vae, torch.optim.Adam(vae.parameters(), 1e-3), train, val, config,
+                                         torch.device("cpu"), log=lambda *_: None)
+    batches = len(train) // 8
+    assert status == "done" and step == 40 * batches and len(history) == 40 and batches >= 5
+    after = history[-1]["val/stft"]
+    assert after <= 0.5 * before, (before, after)
+    with torch.no_grad():
+        recon = vae.decoder(vae.encoder(val[0][0][None])[0])[0].numpy()
+    assert abs(spectral_motion_db(recon, SR) - spectral_motion_db(val[0][0].numpy(), SR)) < 3
+
+
+def run_stage_one(tmp_path, dataset, name="run", **sections):
+    sections.setdefault("vae", TINY_VAE)
+    sections.setdefault("training", GAN_OFF)
+    config = tiny_config(tmp_path / name, dataset, **sections)
+    return config, tmp_path / name / "ck"
+
+
+def test_latent_cache_holds_the_encoder_means_and_refuses_a_stale_vae(tmp_path, dataset):
+    torch.manual_seed(0)
+    vae = vae_from_config(TINY_VAE, 2).eval()
+    build_latent_cache(vae, tmp_path, dataset, "cpu", log=lambda *_: None)
+    cache = load_latent_cache(tmp_path, vae_fingerprint(vae), dataset)
+    chunks = AudioDataset.from_dataset_dir(dataset, "validation", 3968, random_crop=False, normalization="peak")
+    assert cache["validation"].shape == (len(chunks), 31, 8) and cache["validation"].dtype == np.float16
+    with torch.no_grad():
+        mu = vae.encoder(torch.stack([chunks[i][0] for i in range(len(chunks))]))[0].numpy()
+    np.testing.assert_allclose(cache["validation"], mu, rtol=2e-3, atol=2e-3)  # float16 of the same means
+    assert cache["info"]["frames_per_second"] == SR / 128
+
+    with torch.no_grad():
+        vae.decoder.inp.weight.add_(0.01)  # another VAE
+    with pytest.raises(LatentCacheError, match="made by another VAE .* it is stale"):
+        load_latent_cache(tmp_path, vae_fingerprint(vae), dataset)
+
+
+def test_piano_main_rebuilds_a_stale_cache_and_reuses_a_fresh_one(tmp_path, dataset, capsys):
+    config, ck = run_stage_one(tmp_path, dataset)
+    assert piano_main.main(["--config", str(config)]) == 0
+    manifest = ck / "latents" / "latents.json"
+    record = json.loads(manifest.read_text())
+    assert record["vae_fingerprint"] == load_checkpoint(ck / "vae.pt")["fingerprint"]
+    capsys.readouterr()
+    assert piano_main.main(["--config", str(config), "--set", "output.resume_from_checkpoint=latest"]) == 0
+    assert "latent cache: up to date" in capsys.readouterr().out
+
+    manifest.write_text(json.dumps({**record, "vae_fingerprint": "0123456789abcdef"}))  # made by another VAE
+    assert piano_main.main(["--config", str(config), "--set", "output.resume_from_checkpoint=latest"]) == 0
+    assert "was made by another VAE" in capsys.readouterr().out
+    assert json.loads(manifest.read_text())["vae_fingerprint"] == record["vae_fingerprint"]
+
+
+def test_stage_one_resumes_exactly(tmp_path, dataset):
+    straight, ck_a = run_stage_one(tmp_path, dataset, "a", vae={**TINY_VAE, "epochs": 2})
+    assert piano_main.main(["--config", str(straight)]) == 0
+    stopped, ck_b = run_stage_one(tmp_path, dataset, "b")
+    assert piano_main.main(["--config", str(stopped)]) == 0
+    assert load_checkpoint(ck_b / "vae.pt")["epoch"] == 1
+    assert piano_main.main(["--config", str(stopped), "--set", "vae.epochs=2",
+                            "--set", "output.resume_from_checkpoint=latest"]) == 0
+    a, b = load_checkpoint(ck_a / "vae.pt"), load_checkpoint(ck_b / "vae.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][name]), name
+    assert a["fingerprint"] == b["fingerprint"]
+
+
+def test_a_trained_vae_is_reused_and_a_mismatching_one_is_named(tmp_path, dataset, capsys):
+    config, ck = run_stage_one(tmp_path, dataset)
+    assert piano_main.main(["--config", str(config)]) == 0
+    vae_path = ck / "vae.pt"
+    reuse, ck2 = run_stage_one(tmp_path, dataset, "reuse", vae={**TINY_VAE, "checkpoint": str(vae_path)})
+    capsys.readouterr()
+    assert piano_main.main(["--config", str(reuse)]) == 0
+    out = capsys.readouterr().out
+    assert f"reusing the VAE at {vae_path}" in out and "VAE epoch" not in out
+    assert load_checkpoint(ck2 / "vae.pt")["fingerprint"] == load_checkpoint(vae_path)["fingerprint"]
+    assert (ck2 / "latents" / "latents.json").exists()
+
+    wrong, ck3 = run_stage_one(tmp_path, dataset, "wrong", vae={**TINY_VAE, "latent_dim": 4, "checkpoint": str(vae_path)})
+    assert piano_main.main(["--config", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert str(vae_path) in err and "vae.latent_dim is 8 there but 4 in the config" in err
+    assert not (ck3 / "vae.pt").exists()
+
+    gan_checkpoint = ck / "generator_epoch_1.pt"
+    state = load_checkpoint(vae_path)
+    save_checkpoint(gan_checkpoint, torch.nn.Linear(1, 1), torch.optim.Adam(torch.nn.Linear(1, 1).parameters()), 1,
+                    state["config"])
+    with pytest.raises(Exception, match="not a VAE checkpoint"):
+        load_vae(gan_checkpoint)
+
+
+def test_adversarial_fine_tuning_freezes_the_encoder_and_trains_the_decoder(tmp_path, dataset):
+    config, ck = run_stage_one(tmp_path, dataset)
+    assert piano_main.main(["--config", str(config)]) == 0
+    before = load_checkpoint(ck / "vae.pt")["model_state_dict"]
+    assert piano_main.main(["--config", str(config), "--set", "vae.adversarial_epochs=1",
+                            "--set", "output.resume_from_checkpoint=latest"]) == 0
+    state = load_checkpoint(ck / "vae.pt")
+    after = state["model_state_dict"]
+    assert state["epoch"] == 2 and state["discriminator_state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with open(ck / "vae_metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == ["vae", "adversarial"]
+    assert all(np.isfinite(float(rows[1][k])) for k in ("adv/d", "adv/g", "adv/feature_matching", "vae/stft"))
+
+
+def test_a_missing_vae_checkpoint_is_a_sentence(tmp_path, dataset, capsys):
+    config, _ = run_stage_one(tmp_path, dataset, vae={**TINY_VAE, "checkpoint": str(tmp_path / "nope.pt")})
+    assert piano_main.main(["--config", str(config)]) == 2
+    assert "vae.checkpoint is" in capsys.readouterr().err
+
+
+def test_reconstruct_a_file_and_a_folder_with_a_corrupt_file(tmp_path, dataset, capsys):
+    config, ck = run_stage_one(tmp_path, dataset)
+    assert piano_main.main(["--config", str(config)]) == 0
+    music = tmp_path / "mine"
+    song = write_audio(music / "a song.mp3", synth_song(2.3, 16000, 2, seed=5), 16000)
+    write_audio(music / "album" / "mono.wav", synth_song(1.1, 22050, 1, seed=6), 22050)
+    (music / "album" / "broken.mp3").write_bytes(b"ID3" + bytes(range(256)) * 8)
+
+    out = tmp_path / "one"
+    assert generate.main(["--reconstruct", str(song), "--vae", str(ck / "vae.pt"), "--out", str(out)]) == 0
+    original, rate = soundfile.read(out / "a song.original.wav")
+    recon, rate2 = soundfile.read(out / "a song.reconstruction.wav")
+    assert rate == rate2 == SR and original.shape == recon.shape and original.shape[1] == 2
+    assert abs(len(original) - 2.3 * SR) < 0.05 * SR and (out / "a song.reconstruction.png").exists()
+
+    capsys.readouterr()
+    out = tmp_path / "all"
+    assert generate.main(["--reconstruct", str(music), "--checkpoint-folder", str(ck), "--out", str(out),
+                          "--no-plots"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a song.original.wav", "a song.reconstruction.wav", "album_mono.original.wav", "album_mono.reconstruction.wav"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.mp3" in err and "cannot be decoded" in err and "Traceback" not in err
+
+    assert generate.main(["--reconstruct", str(music / "album" / "broken.mp3"), "--vae", str(ck / "vae.pt"),
+                          "--out", str(tmp_path / "none")]) == 1
+    assert generate.main(["--reconstruct", str(tmp_path / "nothing.mp3"), "--vae", str(ck / "vae.pt")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert generate.main(["--reconstruct", str(song), "--vae", str(tmp_path / "missing.pt")]) == 2
+    assert "no VAE at" in capsys.readouterr().err
+
+
+def test_the_seed_preset_still_trains_one_epoch(tmp_path, dataset, capsys):
+    tiny = yaml.safe_load(tiny_config(tmp_path, dataset).read_text())
+    overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in tiny.items() if section != "vae"
+                 for key, value in values.items()] + ["training.epochs=1"]
+    seed = config_reader.load_config_from_yaml(ROOT / "configs" / "seed.yaml", overrides)
+    assert not seed["vae"]["enabled"] and seed["loss_weights"]["adversarial"] == 20.0
+    config_reader.write_config(seed, tmp_path / "seed.yaml")
+    assert piano_main.main(["--config", str(tmp_path / "seed.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain generator epoch 1" in out and "stage one" not in out
+    assert (tmp_path / "ck" / "generator_epoch_1.pt").exists() and not (tmp_path / "ck" / "vae.pt").exists()
