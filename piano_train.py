@@ -240,6 +240,9 @@ def plot_losses(history, path, panels=GAN_PANELS):
         ax.set_title(title)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        if not any(key in row for row in history for key in keys):
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     axes.flat[0].set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
