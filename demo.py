@@ -156,7 +156,7 @@ DEMO_CONFIG = {
     "data": {"sample_rate": SAMPLE_RATE, "batch_size": 8, "num_workers": 0, "steps_per_epoch": 16},
     "model": {"n_channels": 32, "seq_len": 6000, "latent_seq_len": 60, "latent_dim": 64, "num_heads": 4,
               "num_layers": 1, "num_of_gaussians": 4, "noise_dim": 6000, "dropout": 0.1},
-    "vae": {"width": 96, "latent_dim": 32, "layers": 2, "epochs": 6, "learning_rate": 1e-3, "kl_warmup_steps": 50},
+    "vae": {"width": 96, "latent_dim": 32, "layers": 2, "epochs": 40, "kl_warmup_steps": 200},
     "discriminator": {"n_channels": 32},
     "training": {"epochs": 12, "keys": 12, "pretrain_generator_epochs": 1, "pretrain_discriminator_epochs": 1},
     "output": {"save_after_nepochs": 3, "samples_per_save": 2},
@@ -217,6 +217,7 @@ Demo finished. Everything is under {run_dir}:
                 vae_losses.png (stage one: the VAE)
   sweep:        {run_dir / 'checkpoints' / 'discriminator_over_epochs.png'} and .csv
   checkpoints:  {run_dir / 'checkpoints'}
-The demo model is small and trained for minutes: expect piano-like noise, not music. Train on your own
-collection with config.yaml (see README.md).""")
+The demo's GAN is still the seed's end-to-end generator, small and trained for a minute: expect
+piano-like noise from it. The VAE's reconstruction shows what the next stage will build on. Train on
+your own collection with config.yaml (see README.md).""")
     return 0
