@@ -260,3 +260,41 @@ def test_the_seed_preset_still_trains_one_epoch(tmp_path, dataset, capsys):
     out = capsys.readouterr().out
     assert "pretrain generator epoch 1" in out and "stage one" not in out
     assert (tmp_path / "ck" / "generator_epoch_1.pt").exists() and not (tmp_path / "ck" / "vae.pt").exists()
+
+
+def test_ctrl_c_in_stage_one_saves_and_resumes(tmp_path, dataset, monkeypatch, capsys):
+    import piano_pretrain
+
+    real = piano_pretrain.make_loader
+    loaders = {"n": 0}
+
+    def interrupted(*args, **kwargs):  # the second epoch's loader is cut off by Ctrl-C after one batch
+        loader = real(*args, **kwargs)
+        loaders["n"] += 1
+        if loaders["n"] != 2:
+            return loader
+
+        class CutOff:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for i, batch in enumerate(loader):
+                    if i == 1:
+                        raise KeyboardInterrupt
+                    yield batch
+        return CutOff()
+
+    monkeypatch.setattr(piano_pretrain, "make_loader", interrupted)
+    config, ck = run_stage_one(tmp_path, dataset, vae={**TINY_VAE, "epochs": 3})
+    assert piano_main.main(["--config", str(config)]) == 130
+    assert "Interrupted during VAE epoch 2" in capsys.readouterr().out
+    state = load_checkpoint(ck / "vae.pt")
+    assert state["epoch"] == 2 and state["partial"] and not state["complete"]
+    assert not (ck / "latents" / "latents.json").exists()
+
+    assert piano_main.main(["--config", str(config), "--set", "output.resume_from_checkpoint=latest"]) == 0
+    assert "resuming the VAE after epoch 2" in capsys.readouterr().out
+    state = load_checkpoint(ck / "vae.pt")
+    assert state["epoch"] == 3 and state["complete"] and [r["epoch"] for r in state["metrics"]] == [1, 3]
+    assert (ck / "latents" / "latents.json").exists()
