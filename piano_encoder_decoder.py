@@ -13,13 +13,14 @@
 architecture="stft" (the default) is a real VAE of audio. The encoder reads the log-magnitude STFT of
 every channel (n_fft, hop_length), runs convolutions at the STFT frame rate, and strides down by
 `downsample` to the latent rate: at 12 kHz, hop 128 and downsample 4 give 23.4 latent frames per second.
-The decoder mirrors it: convolutions at the latent rate, linear interpolation up to the frame rate
-followed by a convolution there (an upsampler that stamps no fixed pattern), then, per channel and
-bin, a log-magnitude and a phase, which torch's inverse FFT and an overlap-add turn into samples.
-The phase is the angle of a bias-free 2-vector, so it is uniformly spread at initialization and can
-only become coherent where the latent makes it so; a fixed per-bin phase would put lines at multiples
-of sample_rate / hop_length in every output. Every convolution runs at the frame or latent rate, never
-at the audio rate, which is what makes decoding hundreds of times faster than real time on a CPU.
+The decoder mirrors it: convolutions at the latent rate, windowed-sinc interpolation up to the frame
+rate followed by a convolution there (BandlimitedUpsample: no loudness dip between latent frames), then,
+per channel and bin, a log-magnitude and a phase, which torch's inverse FFT and an overlap-add turn
+into samples. The phase is the angle of a bias-free 2-vector, relative to the rotation of a tone at the
+centre of its bin (SpectralCodec.bin_advance); predicted absolutely, a slowly changing phase puts lines
+at multiples of sample_rate / hop_length in every output. Every convolution runs at the frame or latent
+rate, never at the audio rate, which is what makes decoding hundreds of times faster than real time on
+a CPU.
 
 architecture="seed" is the seed's generator path (configs/seed.yaml): the encoder folds white noise into
 n_seq frames (space-to-depth) and the decoder stretches the latent sequence to song_duration with
@@ -226,8 +227,8 @@ class BandlimitedUpsample(nn.Module):
     variance than the points themselves (0.53 against 1 halfway), so every decoded latent frame pulsed in
     loudness at the latent rate. Sinc interpolation keeps the variance of every output phase within 4 % of
     the others for independent inputs (a 33-tap Kaiser window per phase), and reproduces smooth inputs
-    exactly, so neither kind pulses. Output frame t sits at latent
-    time (t + 0.5) / factor - 0.5, where the encoder's strided convolution centres it.
+    exactly, so neither kind pulses. Output frame t sits at latent time (t + 0.5) / factor - 0.5, where the
+    encoder's strided convolution centres it.
     """
 
     def __init__(self, factor, half_width=16, beta=6.0):
@@ -391,8 +392,8 @@ class VariationalEncoderDecoder(nn.Module):
     the latent rate (sample_rate / (hop_length * downsample) frames per second). Each half has `layers`
     residual blocks at the latent rate and layers - 1 at the STFT frame rate, where a block costs
     `downsample` times more.
-    It takes any length that is a multiple of frame_samples (hop_length * downsample); n_seq and
-    song_duration, when given, are only checked against that.
+    It takes any length that is a multiple of frame_samples (hop_length * downsample); song_duration, when
+    given, is checked against that, and n_seq is not used.
 
     architecture="seed", the seed's generator path (see the module docstring): n_seq latent frames,
     song_duration output samples, noise_dim input samples (defaults to song_duration), and with
@@ -428,10 +429,9 @@ class VariationalEncoderDecoder(nn.Module):
             raise ValueError("use_gaussians belongs to the seed's decoder (architecture='seed'); the spectral VAE "
                              "keeps loudness through its magnitudes")
         self.frame_samples = hop_length * downsample
-        for name, length in (("seq_len", song_duration), ("n_seq", n_seq)):
-            if length is not None and name == "seq_len" and length % self.frame_samples:
-                raise ValueError(f"seq_len ({length}) must be a multiple of hop_length x downsample "
-                                 f"({self.frame_samples})")
+        if song_duration is not None and song_duration % self.frame_samples:
+            raise ValueError(f"seq_len ({song_duration}) must be a multiple of hop_length x downsample "
+                             f"({self.frame_samples})")
         codec = SpectralCodec(n_fft, hop_length)
         self.encoder = SpectralEncoder(codec, input_dim, n_channels, latent_dim, downsample, layers)
         self.decoder = SpectralDecoder(codec, input_dim, n_channels, latent_dim, downsample, layers)

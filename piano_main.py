@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config_reader import load_config_from_yaml, validate, write_config
+from config_reader import load_config_from_yaml, write_config
 from create_dataset import DatasetError, load_dataset_info
 from discriminator import build_discriminator
 from loss_functions import MultiResolutionSTFTLoss
@@ -41,8 +41,8 @@ from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_
 from piano_train import VAE_PANELS, TrainingStopped, train_vae_gan, write_metrics
 from update_checkpoint import update_checkpoint
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
-from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, load_vae, restore_rng_states,
-                           save_checkpoint, vae_fingerprint, vae_mismatch)
+from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, read_vae_checkpoint,
+                           restore_rng_states, save_checkpoint, vae_fingerprint, vae_from_checkpoint)
 
 
 def check_dataset_matches(info, config, dataset_dir):
@@ -142,15 +142,10 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         if not Path(v["checkpoint"]).is_file():
             raise CheckpointError(f"vae.checkpoint is {v['checkpoint']}, which does not exist; point it at a vae.pt "
                                   f"that piano_main.py wrote, or set it to null to train a VAE")
-        load_vae(v["checkpoint"], config)  # refuses a VAE that does not fit, naming the key
+        read_vae_checkpoint(v["checkpoint"], config)  # refuses a VAE that does not fit, naming the key
         copy_atomically(v["checkpoint"], path)
         log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
-    state = load_checkpoint(path) if path.exists() else None
-    if state is not None and state.get("kind") != "vae":
-        raise CheckpointError(f"{path} is not a VAE checkpoint; move it away, or use another output.checkpoint_folder")
-    if state is not None and (problems := vae_mismatch(validate(state["config"], source=str(path)), config)):
-        raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
-                              + ". Use the config it was trained with (config.yaml beside it).")
+    state = read_vae_checkpoint(path, config) if path.exists() else None
     total = v["epochs"] + v["adversarial_epochs"]
     more_epochs = (state is not None and not gan_started and state.get("stop_reason") == "done"
                    and state["epoch"] < total)  # vae.epochs was raised before the GAN stage began
@@ -158,7 +153,8 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         status = train_vae(config, device, info, autocast, state, deadline, log)
         if status == "interrupted":
             return None, status
-    vae, state = load_vae(path, config, device)
+        state = read_vae_checkpoint(path, config)
+    vae = vae_from_checkpoint(state, path, device)
     vae.requires_grad_(False)
     fingerprint = vae_fingerprint(vae)
     problem = latent_cache_problem(folder, fingerprint, dataset_dir)

@@ -101,7 +101,8 @@ class AudioDataset(torch.utils.data.Dataset):
     - normalization="chunk" (the seed's): each chunk is then standardized, its mean and std taken over
       the whole chunk (both channels, so the stereo balance survives). The std is floored at min_std,
       1 % of the global peak (-40 dB): a quieter chunk is scaled up less, so near-silence is not
-      turned into loud hiss (the seed's floor of 1e-4 did that). When a chunk is longer than seq_len, a random crop of seq_len samples
+      turned into loud hiss (the seed's floor of 1e-4 did that).
+    When a chunk is longer than seq_len, a random crop of seq_len samples
     is taken (random_crop=False takes the start, for repeatable validation); crops use torch's RNG, so
     torch.manual_seed and DataLoader worker seeding make them reproducible.
 

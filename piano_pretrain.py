@@ -110,8 +110,9 @@ def kl_weight_at(step, weight, warmup_steps):
 
 def vae_segment(config):
     """Samples per training crop: model.seq_len, rounded down to whole latent frames."""
-    frame = config["vae"]["hop_length"] * config["vae"]["downsample"]
-    return config["model"]["seq_len"] // frame * frame
+    from vae_utilities import usable_samples
+
+    return usable_samples(config["model"]["seq_len"], config["vae"]["hop_length"] * config["vae"]["downsample"])
 
 
 @torch.no_grad()
@@ -204,7 +205,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                 if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
                     raise TrainingStopped(f"{nonfinite_in_a_row} VAE updates in a row had a NaN or Inf loss or gradient "
                                           f"(epoch {epoch}); stopping. Try a lower vae.learning_rate or "
-                                          f"training.grad_clip: 1.0.")
+                                          f"vae.grad_clip.")
                 values = dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist()))
                 for key, value in values.items():
                     if math.isfinite(value):

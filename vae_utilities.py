@@ -112,30 +112,43 @@ def vae_mismatch(saved, config):
     return problems
 
 
-def load_vae(path, config=None, device="cpu"):
-    """(VAE in eval mode, its checkpoint dict) from a vae.pt. With `config`, a VAE of another shape, sample rate
-    or channel count is refused with a CheckpointError that names the key."""
+def read_vae_checkpoint(path, config=None):
+    """The checkpoint dict of a vae.pt, loaded to the CPU. A file that is not a VAE checkpoint is refused; with
+    `config`, so is a VAE of another shape, sample rate or channel count, with a CheckpointError naming the key."""
+    from config_reader import validate
+
+    state = load_checkpoint(path)
+    if state.get("kind") != "vae":
+        raise CheckpointError(f"{path} is not a VAE checkpoint (it is a MusiGAN {state.get('kind', 'GAN')} "
+                              f"checkpoint); name a vae.pt written by piano_main.py, or move it away")
+    if config is not None:
+        problems = vae_mismatch(validate(state["config"], source=f"the config inside {path}"), config)
+        if problems:
+            raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
+                                  + ". Set those keys to the checkpoint's values (its run folder's config.yaml has "
+                                    "them), or train a new VAE (vae.checkpoint: null).")
+    return state
+
+
+def vae_from_checkpoint(state, path, device="cpu"):
+    """The VAE (in eval mode) that a checkpoint dict from read_vae_checkpoint holds."""
     from config_reader import validate
     from piano_encoder_decoder import vae_from_config
 
-    state = load_checkpoint(path)  # to the CPU: the model is moved to the device after loading
-    if state.get("kind") != "vae":
-        raise CheckpointError(f"{path} is not a VAE checkpoint (it is a MusiGAN {state.get('kind', 'GAN')} "
-                              f"checkpoint); vae.checkpoint must name a vae.pt written by piano_main.py")
     saved = validate(state["config"], source=f"the config inside {path}")
-    if config is not None:
-        problems = vae_mismatch(saved, config)
-        if problems:
-            raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
-                                  + ". Set those keys to the checkpoint's values, or train a new VAE "
-                                    "(vae.checkpoint: null).")
     vae = vae_from_config(saved["vae"], saved["model"]["sound_channels"])
     try:
         vae.load_state_dict(state["model_state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"{path} holds weights of another shape than its own config says "
                               f"({str(e).splitlines()[0]}); it is damaged or was edited") from e
-    return vae.to(device).eval(), state
+    return vae.to(device).eval()
+
+
+def load_vae(path, config=None, device="cpu"):
+    """(VAE in eval mode, its checkpoint dict) from a vae.pt; read_vae_checkpoint says what is refused."""
+    state = read_vae_checkpoint(path, config)
+    return vae_from_checkpoint(state, path, device), state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,9 +174,10 @@ def dataset_stamp(dataset_dir):
     return stamp
 
 
-def usable_samples(chunk_samples, frame_samples):
-    """The samples of each chunk the cache encodes: the longest multiple of a latent frame."""
-    return chunk_samples - chunk_samples % frame_samples
+def usable_samples(samples, frame_samples):
+    """The longest whole number of latent frames in `samples`, in samples: what the cache encodes of each chunk,
+    and the VAE's training crop."""
+    return samples - samples % frame_samples
 
 
 @torch.no_grad()
@@ -175,7 +189,7 @@ def build_latent_cache(vae, folder, dataset_dir, device, batch_size=8, log=print
     """
     from tqdm import tqdm
 
-    from create_dataset import SPLIT_FILES
+    from create_dataset import SPLIT_FILES, load_dataset_info
     from piano_model import AudioDataset
 
     out = Path(folder) / LATENT_DIR
@@ -185,13 +199,11 @@ def build_latent_cache(vae, folder, dataset_dir, device, batch_size=8, log=print
         manifest.unlink()  # from here on the old cache is not valid, whatever happens
     was_training = vae.training
     vae.eval()
-    info, shapes = None, {}
+    info, shapes = load_dataset_info(dataset_dir), {}
+    samples = usable_samples(info["chunk_samples"], vae.frame_samples)
+    frames = samples // vae.frame_samples
     for split in SPLIT_FILES:
-        probe = AudioDataset.from_dataset_dir(dataset_dir, split, vae.frame_samples)
-        info = probe.info
-        samples = usable_samples(probe.chunk_samples, vae.frame_samples)
         data = AudioDataset.from_dataset_dir(dataset_dir, split, samples, random_crop=False, normalization="peak")
-        frames = samples // vae.frame_samples
         tmp = out / f".{split}.npy.tmp"
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(data), frames, vae.latent_dim))
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
