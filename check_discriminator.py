@@ -26,14 +26,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config_reader import load_config_from_yaml, validate
+from config_reader import config_from_checkpoint
 from create_dataset import DatasetError
 from discriminator import build_discriminator
-from piano_model import AudioDataset, VariationalAttentionModel
-from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, load_checkpoint
+from piano_model import AudioDataset, LatentWindows
+from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, load_checkpoint, load_generator, run_folder  # noqa: F401
+from vae_utilities import LATENT_DIR
 
 BANDS = ("fooled (old D)", "catching up", "strong (generator challenged)")
 FOOLED_BELOW = 0.1  # BCE against "real": D gives the fakes at least exp(-0.1) = 90 % of being real
@@ -124,31 +126,6 @@ def spearman(xs, ys):
 # The sweep
 
 
-def load_generator(folder, epoch, device):
-    """(generator in eval mode, its config) from folder/generator_epoch_{epoch}.pt; epoch may be 'latest'."""
-    epochs = checkpoint_epochs(folder, "generator")
-    if not epochs:
-        raise CheckpointError(f"no generator checkpoints in {folder}; train first with python piano_main.py")
-    if epoch == "latest":
-        epoch = epochs[-1]
-    if epoch not in epochs:
-        raise CheckpointError(f"no generator of epoch {epoch} in {folder}; epochs there: {', '.join(map(str, epochs))}")
-    state = load_checkpoint(checkpoint_path(folder, "generator", epoch), device)
-    config = validate(state["config"], source=f"the config inside generator_epoch_{epoch}.pt")
-    generator = VariationalAttentionModel(**config["model"]).to(device)
-    generator.load_state_dict(state["model_state_dict"])
-    return generator.eval(), config, epoch
-
-
-def run_folder(checkpoint_folder=None, config=None):
-    """The run's checkpoint folder: --checkpoint-folder, else the output.checkpoint_folder of --config
-    (default config.yaml, or checkpoints/config.yaml when there is no config.yaml here)."""
-    if checkpoint_folder:
-        return Path(checkpoint_folder)
-    config_path = Path(config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
-    return Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
-
-
 def parse_range(text):
     """'540:700' -> (540, 700); '540:' and ':700' leave one end open."""
     try:
@@ -167,24 +144,31 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
         raise CheckpointError(f"no discriminator checkpoints in {folder} within epochs {d_range[0]}-{d_range[1]}; "
                               f"epochs there: {', '.join(map(str, available)) or 'none'}")
     noise_rng = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the generator's own sampling draws from the global RNG: the same fakes every run
+    latent = generator.architecture == "latent"
     fakes = []
-    for start in range(0, samples, batch_size):
-        n = min(batch_size, samples - start)
-        noise = torch.randn(n, generator.sound_channels, generator.noise_dim, generator=noise_rng).to(device)
-        fakes.append(generator(noise)[2])
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the seed's generator draws from the global RNG: the same fakes every run
+        for start in range(0, samples, batch_size):
+            n = min(batch_size, samples - start)
+            fakes.append(generator.fake_windows(n, generator=noise_rng) if latent else
+                         generator(generator.sample_noise(n, generator=noise_rng))[2])
     real = None
     dataset_dir = dataset_dir or config["data"]["dataset_dir"]
     try:
-        val = AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
-        if len(val):
-            real = torch.stack([val[i][0] for i in range(min(len(val), samples))]).to(device)
-    except DatasetError:
-        pass  # accuracy on real chunks needs the dataset; the sweep itself does not
+        if latent:  # D judges latent windows: the real ones come from the run's latent cache
+            cache = np.load(Path(folder) / LATENT_DIR / "validation.npy", mmap_mode="r")
+            val = LatentWindows(cache, generator.latent_seq_len, generator.latent_mean.cpu(), generator.latent_std.cpu())
+            real = val.fixed(min(samples, 2 * len(val))).to(device)
+        else:
+            val = AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
+            if len(val):
+                real = torch.stack([val[i][0] for i in range(min(len(val), samples))]).to(device)
+    except (DatasetError, OSError, ValueError):
+        pass  # accuracy on real chunks needs the dataset (or the latent cache); the sweep itself does not
     rows = []
     for epoch in d_epochs:
         state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch), device)
-        disc = build_discriminator(validate(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device)
+        disc = build_discriminator(config_from_checkpoint(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device)
         disc.load_state_dict(state["model_state_dict"])
         disc.eval()
         losses = [F.softplus(-disc(fake).float()).mean() * len(fake) for fake in fakes]  # BCE(logits, real)

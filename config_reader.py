@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from loss_functions import ADVERSARIAL_KINDS, SEED_LOSS_WEIGHTS
+from loss_functions import ADVERSARIAL_KINDS, REMOVED_LOSS_WEIGHTS, SEED_LOSS_WEIGHTS
 
 
 def _number(value):
@@ -28,11 +28,11 @@ def _number(value):
     return value
 
 
-# The default recipe, chosen by measurement (docs/experiments.md): the seed's, with the adversarial weight
-# at 1 instead of 20, the multi-resolution STFT loss beside it, and the discriminator's statistic terms off.
-# The seed's own recipe is configs/seed.yaml (seed_config below).
-DEFAULT_LOSS_WEIGHTS = {**SEED_LOSS_WEIGHTS, "adversarial": 1.0, "stft": 1.0,
-                        "d_melody": 0.0, "d_silence": 0.0, "d_std": 0.0, "d_kl_songs": 0.0}
+# The default recipe is the latent GAN's: the adversarial loss alone (hinge, with R1 on real latents). The
+# unpaired reconstruction, STFT and KL terms compared a fake with an unrelated real chunk, which silence and
+# the average spectrum minimise; they stay for the seed's end-to-end generator (configs/seed.yaml).
+DEFAULT_LOSS_WEIGHTS = {**{name: 0.0 for name in SEED_LOSS_WEIGHTS}, "adversarial": 1.0}
+LATENT_LOSS_WEIGHTS = ("adversarial", "feature_matching")  # the terms that apply to latents
 
 
 class Field:
@@ -90,18 +90,22 @@ SCHEMA = {
         "num_workers": Field(2, "int", "DataLoader worker processes", low=0),
         "steps_per_epoch": Field(0, "int", "batches per epoch; 0 takes the whole training set once", low=0),
     },
-    "model": {  # VariationalAttentionModel(**config["model"])
+    "model": {  # VariationalAttentionModel(**config["model"]); piano_model.build_generator(config) adds the VAE's shape
+        "architecture": Field("latent", "str", "latent: a transformer writes latent sequences that the VAE decodes (needs vae.enabled); seed: the seed's end-to-end waveform generator", choices=("latent", "seed")),
         "sound_channels": Field(2, "int", "audio channels; must match the dataset", low=1),
-        "n_channels": Field(128, "int", "convolution width of the encoder and decoder", low=1),
-        "seq_len": Field(16500, "int", "samples generated per chunk; at most the dataset's chunk length", low=1),
-        "latent_seq_len": Field(500, "int", "latent frames the transformer attends over", low=1),
-        "latent_dim": Field(512, "int", "size of each latent frame", low=1),
+        "n_channels": Field(128, "int", "seed: convolution width of the encoder and decoder", low=1),
+        "seq_len": Field(16500, "int", "samples per training chunk (the VAE's crop; the seed's generated chunk); at most the dataset's chunk length", low=1),
+        "latent_seq_len": Field(64, "int", "latent: latent frames per window the discriminator judges; seed: latent frames the transformer attends over", low=1),
+        "latent_dim": Field(256, "int", "width of the transformer (seed: also of each latent frame)", low=1),
         "num_heads": Field(8, "int", "attention heads; must divide latent_dim", low=1),
-        "num_layers": Field(1, "int", "transformer layers", low=0),
-        "use_gaussians": Field(True, "bool", "shape the output with a learned loudness envelope"),
-        "num_of_gaussians": Field(6, "int", "bumps in that envelope", low=1),
-        "dropout": Field(0.1, "float", "dropout in the transformer", low=0.0, high=0.99),
-        "noise_dim": Field(48000, "int", "white-noise samples per channel fed to the generator", low=1),
+        "num_layers": Field(4, "int", "transformer layers", low=0),
+        "context": Field(8, "int", "latent: each layer attends this many frames either side (so music of any length has no seams)", low=1),
+        "noise_dim": Field(64, "int", "latent: white-noise channels per latent frame; seed: white-noise samples per channel", low=1),
+        "style_dim": Field(64, "int", "latent: white-noise channels held fixed over a whole piece (its character)", low=0),
+        "finetune_decoder": Field(False, "bool", "latent: train the VAE's decoder too (it needs an audio discriminator); frozen by default"),
+        "use_gaussians": Field(True, "bool", "seed: shape the output with a learned loudness envelope"),
+        "num_of_gaussians": Field(6, "int", "seed: bumps in that envelope", low=1),
+        "dropout": Field(0.0, "float", "dropout in the transformer", low=0.0, high=0.99),
     },
     "vae": {  # stage one: VariationalEncoderDecoder, a VAE of the music (piano_encoder_decoder.py)
         "enabled": Field(True, "bool", "train (or reuse) a VAE of the music and its latent cache before the GAN stage"),
@@ -123,29 +127,33 @@ SCHEMA = {
         "time_budget_minutes": Field(0.0, "float", "stop VAE training after the epoch that uses up this many minutes; 0 is off", low=0.0),
     },
     "discriminator": {
-        "n_channels": Field(128, "int", "width of the last convolution block", low=1),
+        "n_channels": Field(128, "int", "width of the last convolution block (of the latent discriminator, or the seed's waveform one)", low=1),
         "use_minibatch_discrimination": Field(True, "bool", "compare the samples of a batch (against mode collapse)"),
         "mdisc_kernels": Field(16, "int", "minibatch-discrimination projections", low=1),
         "mdisc_kernel_dim": Field(8, "int", "size of each projection", low=1),
-        "use_waveform_mdisc": Field(True, "bool", "the seed's waveform discriminator with minibatch discrimination"),
-        "multi_scale": Field(False, "bool", "add MelGAN's multi-scale waveform discriminator"),
-        "multi_resolution_stft": Field(False, "bool", "add a multi-resolution STFT (spectrogram) discriminator"),
+        "use_waveform_mdisc": Field(True, "bool", "seed: the seed's waveform discriminator with minibatch discrimination"),
+        "multi_scale": Field(False, "bool", "add MelGAN's multi-scale waveform discriminator (latent: on decoded audio)"),
+        "multi_resolution_stft": Field(False, "bool", "add a multi-resolution STFT (spectrogram) discriminator (latent: on decoded audio)"),
         "width": Field(16, "int", "base width of the multi-scale and STFT discriminators", low=1),
     },
     "training": {
         "epochs": Field(700, "int", "epochs of adversarial training", low=0),
         "learning_rate": Field(1e-4, "float", "generator learning rate", low=0.0),
-        "learning_rate_disc": Field(4e-5, "float", "discriminator learning rate", low=0.0),
+        "learning_rate_disc": Field(1e-4, "float", "discriminator learning rate", low=0.0),
         "betas": Field([0.5, 0.9], "floats", "Adam betas for both optimizers", low=0.0, high=0.9999),
         "accumulation_steps": Field(1, "int", "batches whose gradients add up to one update", low=1),
-        "generator_updates": Field(2, "int", "generator updates per discriminator update", low=1),
+        "batch_size": Field(32, "int", "latent: windows per GAN batch (data.batch_size is the VAE's and the seed's)", low=2),
+        "generator_updates": Field(2, "int", "seed: generator updates per discriminator update", low=1),
         "smoothing": Field(0.1, "float", "one-sided label smoothing of the real label (bce only)", low=0.0, high=0.5),
         "grad_clip": Field(0.0, "float", "clip gradient norms to this; 0 is off", low=0.0),
-        "adversarial_loss": Field("bce", "str", "bce (the seed's), hinge or lsgan", choices=ADVERSARIAL_KINDS),
-        "keys": Field(33, "int", "segments a waveform is split into by the segment losses", low=1),
+        "adversarial_loss": Field("hinge", "str", "hinge, bce (the seed's) or lsgan", choices=ADVERSARIAL_KINDS),
+        "r1_weight": Field(1.0, "float", "latent: weight of the R1 gradient penalty on real latents; 0 is off", low=0.0),
+        "r1_adaptive": Field(True, "bool", "latent: raise the R1 weight (up to 10) while D is overconfident on real latents, lower it (down to r1_weight) when not (Musika)"),
+        "ema_decay": Field(0.999, "float", "latent: decay of the generator's EMA copy, which samples, the sweep and generate.py use", low=0.0, high=0.99999),
+        "keys": Field(33, "int", "seed: segments a waveform is split into by the segment losses", low=1),
         "precision": Field("auto", "str", "auto: bf16 on a GPU, fp32 on the CPU", choices=("auto", "fp32", "bf16", "fp16")),
         "seed": Field(0, "int", "seed of every random number generator", low=0),
-        "pretrain_generator_epochs": Field(1, "int", "epochs of reconstruction-only generator training first", low=0),
+        "pretrain_generator_epochs": Field(1, "int", "seed: epochs of reconstruction-only generator training first", low=0),
         "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
         "max_nonfinite_in_a_row": Field(5, "int", "stop after this many NaN/Inf updates in a row", low=1),
         "time_budget_minutes": Field(0.0, "float", "stop after the epoch that uses up this many minutes (pretraining included); 0 is off", low=0.0),
@@ -167,20 +175,11 @@ LOSS_HELP = {  # one line per loss weight, for config.yaml and the README
     "recon": "Smooth L1 between generated and real chunks",
     "adversarial": "fool the discriminator",
     "kl": "VAE KL term, per element",
-    "no_seconds": "against loops stuck on one pattern",
-    "no_silence": "against silent stretches",
-    "melody": "continuity between segments and channels",
     "stft": "multi-resolution STFT distance to the real chunk",
     "feature_matching": "match the discriminator's features of real chunks",
-    "melody_match": "match real continuity statistics",
-    "silence_match": "match the real share of loud content",
-    "std_match": "match the real loudness envelope",
-    "min_max_match": "match per-segment max, min and mean",
-    "kl_songs_match": "match real diversity within a batch",
     "d_melody": "D rejects fakes with wrong continuity",
     "d_silence": "D rejects fakes with the wrong share of loud content",
     "d_std": "D rejects fakes with the wrong loudness envelope",
-    "d_min_max": "D rejects fakes with the wrong segment ranges",
     "d_kl_songs": "D rejects batches with the wrong diversity",
 }
 
@@ -194,8 +193,11 @@ def defaults():
 def seed_config():
     """The full config with the seed's recipe: BCE, the seed's discriminator alone, the seed's loss weights
     (configs/seed.yaml). The model, data and training sizes are the seed's in both this and defaults()."""
+    from piano_model import SEED_MODEL_CONFIG
+
     config = defaults()
-    config["training"]["adversarial_loss"] = "bce"
+    config["model"].update(SEED_MODEL_CONFIG, architecture="seed")
+    config["training"].update(adversarial_loss="bce", learning_rate_disc=4e-5)
     config["discriminator"].update(use_waveform_mdisc=True, multi_scale=False, multi_resolution_stft=False)
     config["loss_weights"] = dict(SEED_LOSS_WEIGHTS)
     config["vae"]["enabled"] = False  # the seed's generator pretrains on (unpaired) reconstruction instead
@@ -221,9 +223,14 @@ def validate(raw, source="config"):
         if not isinstance(values, dict):
             raise ValueError(f"{source}: section {section!r} must hold keys, got {values!r}")
         for key, value in values.items():
+            if section == "loss_weights" and key in REMOVED_LOSS_WEIGHTS:
+                if value in (0, 0.0, "0", None):
+                    continue  # written by an older config.yaml, which listed every term
+                raise ValueError(f"{source}: loss_weights.{key} is no longer a loss term (no preset used it, and "
+                                 f"it was removed); delete that line")
             if key not in SCHEMA[section]:
-                everywhere = {k: s for s, fields in SCHEMA.items() for k in fields}
-                hint = (f"; {key!r} belongs in section {everywhere[key]!r}" if key in everywhere
+                homes = [s for s, fields in SCHEMA.items() if key in fields]
+                hint = (f"; {key!r} belongs in section " + " or ".join(map(repr, homes)) if homes
                         else suggest(key, SCHEMA[section]))
                 raise ValueError(f"{source}: unknown key {section}.{key}{hint}")
             config[section][key] = SCHEMA[section][key].check(f"{section}.{key}", value)
@@ -231,7 +238,21 @@ def validate(raw, source="config"):
     if model["latent_dim"] % model["num_heads"]:
         raise ValueError(f"{source}: model.num_heads ({model['num_heads']}) must divide model.latent_dim "
                          f"({model['latent_dim']})")
-    if model["noise_dim"] < model["latent_seq_len"]:
+    if model["architecture"] == "latent":
+        if not config["vae"]["enabled"]:
+            raise ValueError(f"{source}: model.architecture: latent generates in the VAE's latent space and needs "
+                             f"vae.enabled: true; for the seed's end-to-end generator set model.architecture: seed "
+                             f"(as configs/seed.yaml does)")
+        for name, weight in config["loss_weights"].items():
+            if weight and name not in LATENT_LOSS_WEIGHTS:
+                raise ValueError(f"{source}: loss_weights.{name} is {weight:g}, but it compares waveforms and applies "
+                                 f"only to model.architecture: seed; the latent GAN uses "
+                                 f"{' and '.join('loss_weights.' + n for n in LATENT_LOSS_WEIGHTS)}. Set it to 0.")
+        if model["finetune_decoder"] and not (config["discriminator"]["multi_scale"]
+                                              or config["discriminator"]["multi_resolution_stft"]):
+            raise ValueError(f"{source}: model.finetune_decoder: true needs an audio discriminator to learn from; "
+                             f"set discriminator.multi_resolution_stft: true (or multi_scale)")
+    elif model["noise_dim"] < model["latent_seq_len"]:
         raise ValueError(f"{source}: model.noise_dim ({model['noise_dim']}) must be at least model.latent_seq_len "
                          f"({model['latent_seq_len']})")
     vae = config["vae"]
@@ -244,6 +265,15 @@ def validate(raw, source="config"):
     if len(config["training"]["betas"]) != 2:
         raise ValueError(f"{source}: training.betas must be two numbers, got {config['training']['betas']!r}")
     return config
+
+
+def config_from_checkpoint(raw, source):
+    """The validated config saved inside a checkpoint. One saved before the latent GAN existed has no
+    model.architecture: it was made by the seed's generator, and reads as such."""
+    raw = copy.deepcopy(raw) if isinstance(raw, dict) else raw
+    if isinstance(raw, dict) and "architecture" not in (raw.get("model") or {}):
+        raw.setdefault("model", {})["architecture"] = "seed"
+    return validate(raw, source=source)
 
 
 def apply_override(raw, assignment):
@@ -285,10 +315,10 @@ def write_config(config, path):
 
 SECTION_TITLES = {
     "data": "The dataset (made by prepare_dataset.py and create_dataset.py)",
-    "model": "The generator: VariationalAttentionModel(**model)",
+    "model": "The generator: VariationalAttentionModel (model.architecture latent: noise -> transformer -> VAE latents -> VAE decoder)",
     "vae": "Stage one: a VAE of your music (VariationalEncoderDecoder), then its latent cache",
     "discriminator": "The discriminators; with several enabled they are trained together",
-    "training": "The VAE-GAN loop",
+    "training": "The GAN loop (latent: hinge + R1 on the latent cache, an EMA generator)",
     "loss_weights": "What each loss term weighs; 0 skips computing it",
     "output": "Checkpoints, metrics and audio samples",
 }
@@ -309,8 +339,9 @@ def commented_yaml(config, header):
 
 PRESETS = {  # file: (config, header); regenerate with: python config_reader.py
     "config.yaml": (defaults, """MusiGAN training config. Every key is optional; a key left out takes the value shown here.
-The model, data and training settings are the seed's. The loss recipe is the one that measured best
-(docs/experiments.md); the seed's own recipe is one switch away: --config configs/seed.yaml.
+Two stages: a VAE of your music (vae), then a GAN that writes sequences in its latent space (model,
+discriminator, training). Keys marked "seed:" apply only to the seed's end-to-end generator, which is
+one switch away: --config configs/seed.yaml. Measurements behind the defaults: docs/experiments.md.
 Override any key from the command line: python piano_main.py --set training.epochs=5"""),
     "configs/seed.yaml": (seed_config, """The seed's recipe, exactly: BCE with label smoothing, the waveform discriminator with minibatch
 discrimination, and the loss terms the seed summed (G: recon x2, adversarial x20, KL x5e-5; D: its BCE

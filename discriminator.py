@@ -1,6 +1,8 @@
-"""MusiGAN's waveform discriminator: strided residual convolutions, then minibatch discrimination.
+"""MusiGAN's discriminators: the seed's (strided residual convolutions, then minibatch discrimination) on
+waveforms or on latent windows, and the field's waveform and spectrogram discriminators.
 
     from discriminator import Discriminator_with_mdisc
+    disc = build_discriminator(config)                        # latent: LatentDiscriminator, judges (B, frames, latent_dim)
     disc = Discriminator_with_mdisc(input_dim=2, n_channels=128, seq_len=16500)
     logits = disc(waveforms)                                   # (B, 2, 16500) -> (B, 1)
     logits, features = disc(waveforms, return_features=True)   # features: one tensor per block
@@ -67,19 +69,19 @@ class Discriminator_with_mdisc(nn.Module):  # noqa: N801  (public name, kept for
     """
 
     def __init__(self, input_dim=2, n_channels=128, seq_len=16500, mdisc_kernels=16, mdisc_kernel_dim=8,
-                 use_minibatch_discrimination=True):
+                 use_minibatch_discrimination=True, *, fold=FOLD, stride=STRIDE, max_frames=128, min_width=8):
         super().__init__()
         for name, value in (("input_dim", input_dim), ("n_channels", n_channels), ("seq_len", seq_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if seq_len < FOLD * STRIDE:
-            raise ValueError(f"seq_len must be at least {FOLD * STRIDE} samples for the discriminator, got {seq_len}")
-        self.input_dim, self.seq_len = input_dim, seq_len
-        frames = math.ceil(seq_len / FOLD)
-        n_blocks = max(1, math.ceil(math.log(frames / 128, STRIDE))) if frames > 128 else 1
-        widths = [max(8, n_channels // 2 ** (n_blocks - i)) for i in range(n_blocks)] + [n_channels]
-        self.stem = spectral_norm(nn.Conv1d(input_dim * FOLD, widths[0], 7, padding=3))
-        self.blocks = nn.ModuleList(DownBlock(widths[i], widths[i + 1], STRIDE) for i in range(n_blocks))
+        if seq_len < fold * stride:
+            raise ValueError(f"seq_len must be at least {fold * stride} samples for the discriminator, got {seq_len}")
+        self.input_dim, self.seq_len, self.fold = input_dim, seq_len, fold
+        frames = math.ceil(seq_len / fold)
+        n_blocks = max(1, math.ceil(math.log(frames / max_frames, stride))) if frames > max_frames else 1
+        widths = [max(min_width, n_channels // 2 ** (n_blocks - i)) for i in range(n_blocks)] + [n_channels]
+        self.stem = spectral_norm(nn.Conv1d(input_dim * fold, widths[0], 7, padding=3))
+        self.blocks = nn.ModuleList(DownBlock(widths[i], widths[i + 1], stride) for i in range(n_blocks))
         self.mdisc = (MinibatchDiscrimination(2 * n_channels, mdisc_kernels, mdisc_kernel_dim)
                       if use_minibatch_discrimination else None)
         self.head = spectral_norm(nn.Linear(2 * n_channels + (mdisc_kernels if self.mdisc else 0), 1))
@@ -89,8 +91,8 @@ class Discriminator_with_mdisc(nn.Module):  # noqa: N801  (public name, kept for
         if x.dim() != 3 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected waveforms shaped (batch, {self.input_dim}, samples), got {tuple(x.shape)}")
         batch, channels, length = x.shape
-        padded = F.pad(x, (0, -length % FOLD))
-        h = padded.view(batch, channels, -1, FOLD).transpose(2, 3).reshape(batch, channels * FOLD, -1)
+        padded = F.pad(x, (0, -length % self.fold))
+        h = padded.view(batch, channels, -1, self.fold).transpose(2, 3).reshape(batch, channels * self.fold, -1)
         features = [F.leaky_relu(self.stem(h), 0.2)]
         for block in self.blocks:
             features.append(block(features[-1]))
@@ -221,9 +223,44 @@ class MultiDiscriminator(nn.Module):
         return (logits, features) if return_features else logits
 
 
+class LatentDiscriminator(nn.Module):
+    """The latent GAN's critic: the seed's discriminator, minibatch discrimination included, on latent windows.
+
+    forward(z): standardized latents (B, frames, latent_dim) -> logits (B, 1). The window is read as
+    latent_dim channels over time, without folding, and halved in time by each block down to 8 frames or
+    fewer. `audio`, when the config enables an audio discriminator, judges decoded waveforms (B, C, T).
+    """
+
+    def __init__(self, latent_dim, frames, n_channels=128, mdisc_kernels=16, mdisc_kernel_dim=8,
+                 use_minibatch_discrimination=True, audio=None):
+        super().__init__()
+        self.latent = Discriminator_with_mdisc(latent_dim, n_channels, frames, mdisc_kernels, mdisc_kernel_dim,
+                                               use_minibatch_discrimination, fold=1, stride=2, max_frames=8,
+                                               min_width=max(8, n_channels // 2))
+        self.audio = audio
+
+    @property
+    def mdisc(self):
+        return self.latent.mdisc
+
+    def forward(self, z, return_features=False):
+        return self.latent(z.transpose(1, 2), return_features=return_features)
+
+
 def build_discriminator(config):
-    """The discriminator the config asks for: the seed's alone (as before), or several as a MultiDiscriminator."""
+    """The discriminator the config asks for. model.architecture latent: a LatentDiscriminator (with an audio
+    discriminator inside when multi_scale or multi_resolution_stft is on). seed: the seed's alone (as before),
+    or several as a MultiDiscriminator."""
     d, m = config["discriminator"], config["model"]
+    if m["architecture"] == "latent":
+        audio = {}
+        if d["multi_scale"]:
+            audio["multi_scale"] = MultiScaleDiscriminator(m["sound_channels"], d["width"])
+        if d["multi_resolution_stft"]:
+            audio["multi_resolution_stft"] = MultiResolutionSTFTDiscriminator(m["sound_channels"], width=d["width"])
+        return LatentDiscriminator(config["vae"]["latent_dim"], m["latent_seq_len"], d["n_channels"],
+                                   d["mdisc_kernels"], d["mdisc_kernel_dim"], d["use_minibatch_discrimination"],
+                                   MultiDiscriminator(audio) if audio else None)
     members = {}
     if d["use_waveform_mdisc"]:
         members["waveform_mdisc"] = Discriminator_with_mdisc(m["sound_channels"], d["n_channels"], m["seq_len"],

@@ -11,7 +11,10 @@ Fréchet distance between the two sets of windows (Gaussians fitted to each; low
 headline figure. Beside it are the gaps in RMS loudness, silence ratio, spectral centroid and spectral
 flatness (1-D Wasserstein distances between the two sets' frame values), and the spectral motion of
 each set: per mel band, the std of its dB level over ~90 ms frames, the median over bands (real music
-moves about 6 dB; a spectrum that never changes scores near 0). A table is printed; the last line is JSON.
+moves about 6 dB; a spectrum that never changes scores near 0), and each set's diversity (evaluate.diversity:
+how far its clips' average spectra and onset rhythms are from one another; mode collapse scores near 0).
+With --epoch, whole validation chunks are compared with generated clips of the same length. A table is
+printed; the last line is JSON.
 """
 
 import argparse
@@ -103,6 +106,46 @@ def spectral_motion_db(clip, sample_rate, n_mels=40):
     return float(np.median(level.std(axis=1)))
 
 
+def _mono(clip):
+    clip = np.asarray(clip, np.float32)
+    return clip.mean(axis=0) if clip.ndim == 2 else clip
+
+
+def _mean_pairwise_rms(vectors):
+    """The mean over pairs of rows of the RMS of their difference."""
+    v = np.stack(vectors).astype(np.float64)
+    if len(v) < 2:
+        return float("nan")
+    diff = v[:, None, :] - v[None, :, :]
+    rms = np.sqrt((diff ** 2).mean(axis=2))
+    return float(rms[np.triu_indices(len(v), 1)].mean())
+
+
+def diversity(clips, sample_rate, n_mels=40, max_lag_seconds=2.0):
+    """How different the clips of a set are from each other (mode collapse scores near 0):
+    - spectrum_db: each clip's time-averaged log-mel spectrum (dB, peak-normalized), the mean pairwise RMS
+      distance over bands;
+    - onset_autocorr: each clip's onset-strength autocorrelation (lags up to max_lag_seconds, lag 0 = 1),
+      the mean pairwise RMS distance: how differently the clips move in time."""
+    import librosa
+
+    spectra, rhythms = [], []
+    hop = 128
+    lags = max(2, int(max_lag_seconds * sample_rate / hop))
+    for clip in clips:
+        mono = _mono(clip)
+        peak = float(np.abs(mono).max())
+        mono = mono / peak if peak > 0 else mono
+        power = librosa.feature.melspectrogram(y=mono, sr=sample_rate, n_fft=1024, hop_length=256, n_mels=n_mels)
+        spectra.append(librosa.power_to_db(power.mean(axis=1) + 1e-10, ref=1.0))
+        onset = librosa.onset.onset_strength(y=mono, sr=sample_rate, hop_length=hop)
+        onset = onset - onset.mean()
+        full = np.correlate(onset, onset, mode="full")[len(onset) - 1:]
+        auto = full / full[0] if full[0] > 0 else np.zeros_like(full)
+        rhythms.append(np.pad(auto[1:lags + 1], (0, max(0, lags - len(auto) + 1))))
+    return {"spectrum_db": _mean_pairwise_rms(spectra), "onset_autocorr": _mean_pairwise_rms(rhythms)}
+
+
 def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=1024, neighbours=8):
     """(dB, Hz): how far the strongest bin of the clips' average spectrum (Welch, n_fft) stands above the median
     of its `neighbours` on each side, above min_hz, and where.
@@ -149,7 +192,8 @@ def loudness_pulse(clips, sample_rate, hz, hop=32):
 
 def compare(real_clips, fake_clips, sample_rate):
     """{"frechet", "gaps": {stat: {"real", "fake", "wasserstein"}}, "spectral_motion_db": {"real", "fake"},
-    "windows"} for two sets of clips."""
+    "diversity": {"spectrum_db": {"real", "fake"}, "onset_autocorr": {"real", "fake"}},
+    "tonal_lines_db": {"real": (dB, Hz), "fake": (dB, Hz)}, "windows"} for two sets of clips."""
     from scipy.stats import wasserstein_distance
 
     real_clips, fake_clips = list(real_clips), list(fake_clips)
@@ -160,7 +204,11 @@ def compare(real_clips, fake_clips, sample_rate):
             for name in real_stats}
     motion = {name: float(np.mean([spectral_motion_db(clip, sample_rate) for clip in clips]))
               for name, clips in (("real", real_clips), ("fake", fake_clips))}
+    spread = {name: diversity(clips, sample_rate) for name, clips in (("real", real_clips), ("fake", fake_clips))}
+    lines = {name: tonal_lines_db(clips, sample_rate) for name, clips in (("real", real_clips), ("fake", fake_clips))}
     return {"frechet": frechet_distance(real, fake), "gaps": gaps, "spectral_motion_db": motion,
+            "diversity": {key: {name: spread[name][key] for name in spread} for key in spread["real"]},
+            "tonal_lines_db": lines,
             "windows": {"real": len(real), "fake": len(fake)}}
 
 
@@ -189,21 +237,25 @@ def load_folder(folder, sample_rate=None):
     return clips, sample_rate
 
 
-def generator_clips(generator, count, seed, device, batch_size=8):
-    """`count` waveforms from the generator (eval mode, seeded), as (C, T) arrays."""
+def generator_clips(generator, count, seed, device, batch_size=8, samples=None):
+    """`count` waveforms from the generator (eval mode, seeded), as (C, T) arrays. A latent generator writes
+    `samples` samples each (default: one training window); the seed's always writes its seq_len."""
     import torch
 
     rng = torch.Generator().manual_seed(seed)
     was_training = generator.training
     generator.eval()
     clips = []
+    frames = None
+    if generator.architecture == "latent":
+        samples = samples or generator.seq_len
+        frames = -(-samples // generator.frame_samples)
     cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leaves training's random stream alone
-        torch.manual_seed(seed)  # the generator's own sampling draws from the global RNG
+        torch.manual_seed(seed)  # the seed's generator draws its reparameterization noise from the global RNG
         for start in range(0, count, batch_size):
-            n = min(batch_size, count - start)
-            noise = torch.randn(n, generator.sound_channels, generator.noise_dim, generator=rng).to(device)
-            clips += list(generator(noise)[2].float().cpu().numpy())
+            noise = generator.sample_noise(min(batch_size, count - start), frames=frames, generator=rng, device=device)
+            clips += list(generator(noise)[2][..., :samples].float().cpu().numpy())
     generator.train(was_training)
     return clips
 
@@ -222,6 +274,13 @@ def print_report(result, real_name, fake_name):
     motion = result["spectral_motion_db"]
     print(f"{'motion (dB)':<14}{motion['real']:>12.3g}{motion['fake']:>12.3g}{abs(motion['real'] - motion['fake']):>12.3g}"
           f"   (spectral motion: real music ~6 dB, a stationary spectrum ~0)")
+    lines = result["tonal_lines_db"]
+    print(f"{'lines (dB)':<14}{lines['real'][0]:>12.3g}{lines['fake'][0]:>12.3g}"
+          f"   (strongest bin over its neighbours in the average spectrum; fake at {lines['fake'][1]:.0f} Hz)")
+    for key, label in (("spectrum_db", "spread (dB)"), ("onset_autocorr", "rhythm spread")):
+        d = result["diversity"][key]
+        print(f"{label:<14}{d['real']:>12.3g}{d['fake']:>12.3g}{d['fake'] / d['real'] if d['real'] else float('nan'):>12.2f}"
+              f"   (diversity between clips; the last column is generated / real, mode collapse ~0)")
 
 
 def main(argv=None):
@@ -243,16 +302,19 @@ def main(argv=None):
         elif args.epoch:
             import torch
 
-            from check_discriminator import load_generator, run_folder
+            from utilities import load_generator, run_folder
+            from create_dataset import load_dataset_info
             from piano_model import AudioDataset
 
             folder = run_folder(args.checkpoint_folder, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             epoch = "latest" if args.epoch == "latest" else int(args.epoch)
             generator, config, epoch = load_generator(folder, epoch, device)
-            val = AudioDataset.from_dataset_dir(config["data"]["dataset_dir"], "validation", config["model"]["seq_len"])
+            info = load_dataset_info(config["data"]["dataset_dir"])
+            val = AudioDataset.from_dataset_dir(config["data"]["dataset_dir"], "validation", info["chunk_samples"],
+                                                normalization="peak")
             real, rate = validation_clips(val, args.samples), config["data"]["sample_rate"]
-            fake = generator_clips(generator, args.samples, args.seed, device)
+            fake = generator_clips(generator, args.samples, args.seed, device, samples=info["chunk_samples"])
             names = ("validation set", f"generator epoch {epoch}")
         else:
             raise ValueError("give --real and --fake folders, or --epoch to evaluate a run's generator")

@@ -4,9 +4,11 @@
     python generate.py --epoch 690 --count 4 --seconds 30 --format mp3 --out generated
     python generate.py --epoch latest --count 32 --rank-by-discriminator 4    # keep the 4 most convincing
 
-Each file is `--seconds` long. The generator makes `model.seq_len` samples at a time (1.4 s at the
-seed config), so longer audio is made of successive, independently generated segments, joined
-with a short equal-power crossfade: it is a sequence of short pieces, not one long composition.
+Each file is `--seconds` long. The latent generator (the default) writes the whole piece in one go: one
+noise sequence, as long as the piece, through its transformer (whose attention reaches a fixed number
+of frames either side) and the VAE's decoder, so there are no joins. The seed's generator makes
+`model.seq_len` samples at a time, so its longer audio is made of independent segments joined with a
+short equal-power crossfade (--crossfade-ms).
 Levels are normalized to a peak of -1 dBFS (no clipping), at the dataset's sample rate. Beside each
 audio file goes a PNG with its waveform and spectrogram.
 
@@ -32,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from check_discriminator import load_generator, run_folder
-from config_reader import validate
+from config_reader import config_from_checkpoint
 from discriminator import build_discriminator
-from utilities import CheckpointError, checkpoint_path, load_checkpoint
+from utilities import CheckpointError, checkpoint_path, load_checkpoint, load_generator, run_folder
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
 PEAK = 10 ** (-1 / 20)  # -1 dBFS
@@ -55,7 +56,22 @@ def crossfade_join(segments, fade):
 
 
 def make_pieces(generator, count, samples, fade, rng, device, batch_size=8):
-    """`count` pieces of exactly `samples` samples each: (count, C, samples) float32, plus their segments."""
+    """`count` pieces of exactly `samples` samples each: (count, C, samples) float32, plus what the discriminator
+    judges of each: (count, per_piece, ...) segments (seed) or latent windows (latent)."""
+    if generator.architecture == "latent":  # one noise sequence per piece, one pass: no joins to hide
+        frames = -(-samples // generator.frame_samples)
+        per_piece = max(1, frames // generator.latent_seq_len)
+        noise = generator.sample_noise(count, frames=frames, generator=rng, device=device)
+        pieces, windows = [], []
+        with torch.inference_mode():
+            for batch in noise.split(batch_size):
+                mu, _, waveform = generator(batch)
+                pieces.append(waveform[..., :samples].float().cpu())
+                z = (mu - generator.latent_mean) / generator.latent_std
+                if z.shape[1] >= generator.latent_seq_len:
+                    z = z[:, :per_piece * generator.latent_seq_len]
+                    windows.append(z.reshape(len(z), per_piece, generator.latent_seq_len, -1).float().cpu())
+        return torch.cat(pieces).numpy(), (torch.cat(windows) if windows else None)
     seq_len = generator.seq_len
     per_piece = 1 if samples <= seq_len else math.ceil((samples - fade) / (seq_len - fade))
     noise = torch.randn(count * per_piece, generator.sound_channels, generator.noise_dim, generator=rng)
@@ -98,7 +114,7 @@ def plot_audio(audio, sample_rate, path, title):
 def discriminator_scores(folder, epoch, config, segments, device, batch_size=8):
     """Mean discriminator logit per piece over its segments: higher is rated more real."""
     state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch), device)
-    disc = build_discriminator(validate(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device).eval()
+    disc = build_discriminator(config_from_checkpoint(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device).eval()
     disc.load_state_dict(state["model_state_dict"])
     count, per_piece = segments.shape[:2]
     flat = segments.flatten(0, 1)
@@ -229,12 +245,15 @@ def main(argv=None):
 
     sample_rate = config["data"]["sample_rate"]
     samples = round(args.seconds * sample_rate)
-    fade = min(round(args.crossfade_ms / 1000 * sample_rate), generator.seq_len // 4)
+    fade = min(round(args.crossfade_ms / 1000 * sample_rate), generator.seq_len // 4)  # seed only
     rng = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)  # the generator's own sampling (reparameterize) draws from the global RNG
+    torch.manual_seed(args.seed)  # the seed's generator (reparameterize) draws from the global RNG
     pieces, segments = make_pieces(generator, args.count, samples, fade, rng, device)
     order, scores = list(range(args.count)), None
-    if args.rank_by_discriminator:
+    if args.rank_by_discriminator and segments is None:
+        print(f"warning: pieces of {args.seconds:g} s are shorter than the window the discriminator judges; "
+              f"not ranking them", file=sys.stderr)
+    elif args.rank_by_discriminator:
         scores = discriminator_scores(folder, epoch, config, segments, device)
         order = scores.argsort(descending=True).tolist()[:args.rank_by_discriminator]
     out = Path(args.out or "generated")

@@ -19,11 +19,12 @@ BCE_CONFUSION = 0.6931  # ln 2: the BCE of a discriminator that cannot tell real
 
 # What the seed actually summed (DESIGN.md); every other term is off. Keys are config's loss_weights.
 SEED_LOSS_WEIGHTS = {
-    "recon": 2.0, "adversarial": 20.0, "kl": 5e-5,
-    "no_seconds": 0.0, "no_silence": 0.0, "melody": 0.0, "stft": 0.0, "feature_matching": 0.0,
-    "melody_match": 0.0, "silence_match": 0.0, "std_match": 0.0, "min_max_match": 0.0, "kl_songs_match": 0.0,
-    "d_melody": 1.0, "d_silence": 1.0, "d_std": 1.0, "d_min_max": 0.0, "d_kl_songs": 1.0,
+    "recon": 2.0, "adversarial": 20.0, "kl": 5e-5, "stft": 0.0, "feature_matching": 0.0,
+    "d_melody": 1.0, "d_silence": 1.0, "d_std": 1.0, "d_kl_songs": 1.0,
 }
+# Terms the seed's code carried that no preset uses: gone. Old configs list them at 0, which is accepted.
+REMOVED_LOSS_WEIGHTS = ("no_seconds", "no_silence", "melody", "melody_match", "silence_match", "std_match",
+                        "min_max_match", "kl_songs_match", "d_min_max")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,32 +74,6 @@ def kl_divergence_loss(mu, logvar):
     """Keeps the latent code close to N(0, 1), so any noise decodes to music: KL averaged per element."""
     mu, logvar = mu.float(), logvar.float()
     return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
-
-
-def no_seconds_loss(x, keys=33):
-    """Pushes against a loop stuck on one pattern: -mean(log(sum |seg_i - seg_i+1| + eps))."""
-    seg = segments(x.float(), keys)  # (B, C, K, S)
-    change = (seg[:, :, 1:] - seg[:, :, :-1]).abs().sum(dim=-1)  # (B, C, K-1)
-    return -torch.log(change + EPS).mean()
-
-
-def no_silence_loss(x, keys=33, threshold=0.05):
-    """Pushes against silent stretches: raises each segment's std and lowers the share of near-zero samples.
-
-    The share is soft (exp(-(x / threshold)^2) is 1 at zero and falls off past threshold), so it has a gradient.
-    """
-    x = x.float()
-    near_zero_share = torch.exp(-(x / threshold).pow(2)).mean()
-    return -torch.log(segment_std(x, keys)).mean() + near_zero_share
-
-
-def melody_loss(x, keys=33):
-    """Rewards continuity: 1 - correlation of each segment with the next, plus 1 - left/right correlation."""
-    seg = segments(x.float(), keys)  # (B, C, K, S)
-    loss = 1 - correlation(seg[:, :, :-1], seg[:, :, 1:]).mean()
-    if x.shape[1] >= 2:
-        loss = loss + 1 - correlation(x[:, 0].float(), x[:, 1].float()).mean()
-    return loss
 
 
 def reconstruction_loss(fake, target):
@@ -164,16 +139,6 @@ def silence_loss_d(real, fake, d_fake_logits=None, threshold=0.5):
 def compute_std_loss_d(real, fake, d_fake_logits=None, keys=33):
     """Matches the loudness envelope: the standard deviation of every segment (the seed used only the last)."""
     return match_statistics(segment_std(real.float(), keys), segment_std(fake.float(), keys), d_fake_logits)
-
-
-def min_max_statistics(x, keys):
-    seg = segments(x.float(), keys)
-    return torch.stack([seg.amax(dim=-1), seg.amin(dim=-1), seg.mean(dim=-1)], dim=-1)  # (B, C, K, 3)
-
-
-def min_max_stats_loss_d(real, fake, d_fake_logits=None, keys=33):
-    """Matches the range of every segment: its max, min and mean."""
-    return match_statistics(min_max_statistics(real, keys), min_max_statistics(fake, keys), d_fake_logits)
 
 
 def spectral_distribution(x, bands=64):
@@ -242,17 +207,23 @@ def generator_adversarial_loss(fake_logits, kind="bce"):
     raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
 
 
+def r1_penalty(real_logits, real):
+    """R1 (Mescheder et al. 2018): half the mean squared norm of D's gradient at the real samples, which
+    `real` must require. Keeps D smooth where the data is, so it cannot overfit the real set."""
+    grad, = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return 0.5 * grad.float().pow(2).flatten(1).sum(dim=1).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # The sums, as the config weights them. A weight of 0 skips computing the term.
 
 
-# The statistic-matching terms, (real, fake, d_fake_logits or None, keys) -> loss. The generator weighs
-# each as "<name>_match" (plain matching), the discriminator as "d_<name>" (weighted by its belief).
+# The statistic-matching terms, (real, fake, d_fake_logits or None, keys) -> loss, which the discriminator
+# weighs as "d_<name>" (each fake's gap weighted by its belief that the fake is real).
 STATISTIC_TERMS = {
     "melody": lambda real, fake, logits, keys: melody_loss_d(real, fake, logits, keys=keys),
     "silence": lambda real, fake, logits, keys: silence_loss_d(real, fake, logits),
     "std": lambda real, fake, logits, keys: compute_std_loss_d(real, fake, logits, keys=keys),
-    "min_max": lambda real, fake, logits, keys: min_max_stats_loss_d(real, fake, logits, keys=keys),
     "kl_songs": lambda real, fake, logits, keys: kl_loss_songs_d(real, fake, logits),
 }
 
@@ -269,19 +240,10 @@ def generator_loss(fake, target, mu, logvar, fake_logits, weights, keys=33, kind
         terms["adversarial"] = generator_adversarial_loss(fake_logits, kind)
     if w("kl", 0):
         terms["kl"] = kl_divergence_loss(mu, logvar)
-    if w("no_seconds", 0):
-        terms["no_seconds"] = no_seconds_loss(fake, keys)
-    if w("no_silence", 0):
-        terms["no_silence"] = no_silence_loss(fake, keys)
-    if w("melody", 0):
-        terms["melody"] = melody_loss(fake, keys)
     if w("stft", 0):
         terms["stft"] = stft(fake, target)
     if w("feature_matching", 0):
         terms["feature_matching"] = feature_matching_loss(real_features, fake_features)
-    for name, statistic in STATISTIC_TERMS.items():  # plain matching, unweighted by the discriminator
-        if w(f"{name}_match", 0):
-            terms[f"{name}_match"] = statistic(target, fake, None, keys)
     total = sum(weights[name] * term for name, term in terms.items())
     return total, terms
 

@@ -18,6 +18,7 @@ Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=l
 """
 
 import argparse
+import copy
 import os
 import random
 import shutil
@@ -36,12 +37,12 @@ from discriminator import build_discriminator
 from loss_functions import MultiResolutionSTFTLoss
 from discriminator import MultiResolutionSTFTDiscriminator
 from piano_encoder_decoder import vae_from_config
-from piano_model import AudioDataset, VariationalAttentionModel
+from piano_model import AudioDataset, LatentWindows, build_generator, latent_statistics
 from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
-from piano_train import VAE_PANELS, TrainingStopped, train_vae_gan, write_metrics
+from piano_train import VAE_PANELS, GANRun, TrainingStopped, pretrain_latent_discriminator, train_vae_gan, write_metrics
 from update_checkpoint import update_checkpoint
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
-from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, read_vae_checkpoint,
+from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache, read_vae_checkpoint,
                            restore_rng_states, save_checkpoint, vae_fingerprint, vae_from_checkpoint)
 
 
@@ -220,15 +221,29 @@ def train_vae(config, device, info, autocast, state, deadline, log):
     return status
 
 
+def latent_data(config, vae, folder, info):
+    """The latent GAN's data: (training windows, validation windows or None, validation audio or None, the
+    training cache's per-channel mean and std), all read from the latent cache stage one built."""
+    dataset_dir = config["data"]["dataset_dir"]
+    cache = load_latent_cache(folder, vae_fingerprint(vae), dataset_dir)
+    mean, std = latent_statistics(cache["training"])
+    frames = config["model"]["latent_seq_len"]
+    train = LatentWindows(cache["training"], frames, mean, std, name="the training set's latent cache")
+    val = val_audio = None
+    if len(cache["validation"]) >= 2:
+        val = LatentWindows(cache["validation"], frames, mean, std, name="the validation set's latent cache")
+        val_audio = AudioDataset.from_dataset_dir(dataset_dir, "validation", info["chunk_samples"], normalization="peak")
+    return train, val, val_audio, mean, std
+
+
 def run(config, device, log=print):
     started = time.monotonic()
     t, out = config["training"], config["output"]
+    deadline = started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None
     dataset_dir = config["data"]["dataset_dir"]
+    latent = config["model"]["architecture"] == "latent"
     info = load_dataset_info(dataset_dir)
     check_dataset_matches(info, config, dataset_dir)
-    train_data = AudioDataset.from_dataset_dir(dataset_dir, "training", config["model"]["seq_len"])
-    val_data = (AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
-                if info["pairs"]["validation"] else None)
     resume_epoch = resolve_resume(config)
 
     precision, autocast, scaler_g, scaler_d = precision_setup(config, device)
@@ -237,31 +252,43 @@ def run(config, device, log=print):
     torch.manual_seed(t["seed"])
     np.random.seed(t["seed"])
     random.seed(t["seed"])
-    generator = VariationalAttentionModel(**config["model"]).to(device)
+    generator = build_generator(config).to(device)
     discriminator = build_discriminator(config).to(device)
-    optim_g = torch.optim.Adam(generator.parameters(), t["learning_rate"], betas=tuple(t["betas"]))
+    g_params = [p for p in generator.parameters() if p.requires_grad]
+    optim_g = torch.optim.Adam(g_params, t["learning_rate"], betas=tuple(t["betas"]))
     optim_d = torch.optim.Adam(discriminator.parameters(), t["learning_rate_disc"], betas=tuple(t["betas"]))
-    stft = MultiResolutionSTFTLoss().to(device) if config["loss_weights"]["stft"] else None
     folder = Path(out["checkpoint_folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    log(f"MusiGAN on {device} ({precision}): generator {sum(p.numel() for p in generator.parameters()) / 1e6:.2f} M "
-        f"parameters, discriminator {sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; "
-        f"{len(train_data)} training chunks, {len(val_data) if val_data else 0} validation chunks")
-
     write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
+
     # Stage one comes before the GAN's random state is restored: building or loading the VAE draws from it.
     if config["vae"]["enabled"]:
-        deadline = started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None
-        _, status = stage_one(config, device, info, autocast, deadline, gan_started=resume_epoch is not None, log=log)
+        vae, status = stage_one(config, device, info, autocast, deadline, gan_started=resume_epoch is not None, log=log)
         if status == "interrupted":
             return status
+    if latent:
+        train_data, val_data, val_audio, mean, std = latent_data(config, vae, folder, info)
+        generator.set_vae(vae, mean, std)
+        stft = None
+    else:
+        train_data = AudioDataset.from_dataset_dir(dataset_dir, "training", config["model"]["seq_len"])
+        val_data = val_audio = (AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
+                                if info["pairs"]["validation"] else None)
+        stft = MultiResolutionSTFTLoss().to(device) if config["loss_weights"]["stft"] else None
+    ema = copy.deepcopy(generator).requires_grad_(False) if latent else None
+    log(f"MusiGAN ({config['model']['architecture']} GAN) on {device} ({precision}): generator "
+        f"{sum(p.numel() for p in g_params) / 1e6:.2f} M trained parameters, discriminator "
+        f"{sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; {len(train_data)} training "
+        + ("pairs of latent chunks" if latent else "chunks"))
 
-    history, start_epoch = [], 1
+    history, start_epoch, gan_state = [], 1, {}
     if resume_epoch is not None:
         g_path, d_path = checkpoint_path(folder, "generator", resume_epoch), checkpoint_path(folder, "discriminator", resume_epoch)
-        g_state, d_state = load_checkpoint(g_path, device), load_checkpoint(d_path, device)
+        g_state, d_state = load_checkpoint(g_path), load_checkpoint(d_path)
         load_model_state(generator, g_state, g_path)
         optim_g.load_state_dict(g_state["optimizer_state_dict"])
+        if ema is not None:
+            ema.load_state_dict(g_state["ema_state_dict"])
         if out["update_discriminator"]:
             report = update_checkpoint(discriminator, d_state["model_state_dict"], optim_d, d_state["optimizer_state_dict"])
             log(f"update_discriminator: {report.summary()}")
@@ -273,18 +300,21 @@ def run(config, device, log=print):
                 scaler.load_state_dict(state["scaler_state_dict"])
         restore_rng_states(g_state["rng_states"])
         history = g_state["metrics"]
+        gan_state = dict(step=g_state.get("step", 0), r1_weight=g_state.get("r1_weight"))
         start_epoch = resume_epoch + 1
         log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
 
+    gan = GANRun(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, ema=ema,
+                 val_audio=val_audio, scaler_g=scaler_g, scaler_d=scaler_d, autocast=autocast, stft=stft,
+                 sample_rate=info["sample_rate"], log=log, **gan_state)
     if resume_epoch is None:
-        if not config["vae"]["enabled"]:  # the seed's preset: unpaired reconstruction pretraining
+        if latent:
+            pretrain_latent_discriminator(gan, log=log)
+        else:  # the seed's pretraining: (unpaired) reconstruction, then the discriminator
             pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
-        pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d, log=log)
-    history, status = train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device,
-                                    start_epoch=start_epoch, history=history, scaler_g=scaler_g, scaler_d=scaler_d,
-                                    autocast=autocast, stft=stft, sample_rate=info["sample_rate"],
-                                    deadline=started + 60 * t["time_budget_minutes"] if t["time_budget_minutes"] else None,
-                                    log=log)
+            pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,
+                                   log=log)
+    history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
     return status

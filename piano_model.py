@@ -1,8 +1,9 @@
-"""MusiGAN's generator (VariationalAttentionModel) and the dataset it learns from (AudioDataset).
+"""MusiGAN's generator (VariationalAttentionModel) and the data it learns from (AudioDataset, LatentWindows).
 
-    from piano_model import AudioDataset, VariationalAttentionModel
-    generator = VariationalAttentionModel(**config["model"])
-    mu, logvar, waveform = generator(torch.randn(8, 2, 48000))   # waveform (8, 2, seq_len)
+    from piano_model import AudioDataset, build_generator
+    generator = build_generator(config)              # VariationalAttentionModel(**config["model"], vae=config["vae"])
+    noise = generator.sample_noise(8, frames=240)    # latent: (8, 240, noise_dim + style_dim)
+    mu, logvar, waveform = generator(noise)          # mu (8, 240, vae.latent_dim); waveform (8, 2, 240 * frame_samples)
     train = AudioDataset.from_dataset_dir("dataset", "training", seq_len=16500)
     target_norm, target_mean, target_std = train[0]   # (C, seq_len), (1, 1), (1, 1), float32
     waveform = target_norm * target_std + target_mean  # undoes the normalization (times peak: raw scale)
@@ -17,13 +18,14 @@ from torch import nn
 from create_dataset import SPLIT_FILES, DatasetError, load_dataset_info
 import torch.nn.functional as F
 
-from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout
+from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout, vae_from_config
 from split_and_append_chunks import split_and_append_chunks
 
 
 # The seed's generator settings (config.yaml's model section carries the same values).
 SEED_MODEL_CONFIG = dict(sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=500, latent_dim=512,
-                         num_heads=8, num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000)
+                         num_heads=8, num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000,
+                         architecture="seed")
 
 
 class TransformerBlock(nn.Module):
@@ -54,38 +56,206 @@ class TransformerBlock(nn.Module):
         return x + fast_dropout(self.ff_out(hidden), self.dropout, self.training)
 
 
-class VariationalAttentionModel(nn.Module):
-    """The generator: noise (B, sound_channels, noise_dim) -> (mu, logvar, waveform (B, sound_channels, seq_len)).
+class LocalAttentionBlock(nn.Module):
+    """A pre-norm transformer layer whose attention reaches `context` frames either side (a band mask).
 
-    The encoder maps noise to a sequence of latent Gaussians (latent_seq_len frames of latent_dim),
-    a sample of which passes through num_layers transformer layers (num_heads heads) that let every
-    frame attend to every other, and the decoder turns the result into a waveform. The waveform is
-    unbounded, like the standardized chunks it imitates (the seed's hard-sigmoid to [0, 1] could not
-    reach them). A learned position embedding tells the transformer where each frame sits in time.
+    Without absolute positions and with a bounded reach, the layer does the same thing at every frame:
+    a stack of them turns a noise sequence of any length into a latent sequence of that length, and a
+    long sequence computed in blocks equals one computed at once.
     """
 
-    def __init__(self, sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=500, latent_dim=512,
-                 num_heads=8, num_layers=1, use_gaussians=True, num_of_gaussians=6, dropout=0.1, noise_dim=48000):
+    def __init__(self, dim, num_heads, dropout):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, mask):  # x (B, frames, dim), mask (frames, frames): True where attention may look
+        batch, frames, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, frames, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, frames, dim / heads)
+        x = x + F.dropout(self.out(attended.transpose(1, 2).reshape(batch, frames, dim)), self.dropout, self.training)
+        return x + F.dropout(self.feed_forward(self.norm2(x)), self.dropout, self.training)
+
+
+def band_mask(frames, context, device=None):
+    """(frames, frames) bool: frame i may attend to frame j when |i - j| <= context."""
+    index = torch.arange(frames, device=device)
+    return (index[:, None] - index[None, :]).abs() <= context
+
+
+class VariationalAttentionModel(nn.Module):
+    """The generator: noise -> (mu, logvar, waveform). Build it with build_generator(config).
+
+    architecture="latent" (the default; stage two of MusiGAN): noise of shape (B, frames, noise_dim +
+    style_dim), drawn by sample_noise, is projected to latent_dim channels, given positions by a depthwise
+    convolution, and passed through num_layers transformer layers whose attention reaches `context`
+    frames either side. A linear head writes a sequence in the VAE's latent space, standardized per
+    channel by the latent cache's mean and std; the VAE's decoder (frozen unless finetune_decoder)
+    renders it. forward returns mu, the latent sequence in the VAE's own units (B, frames, vae latent_dim);
+    logvar, None (the generator is deterministic given its noise); and the waveform (B, C, frames x
+    frame_samples). Every output frame depends on the noise within receptive_field frames of it, so
+    training crops the middle of a longer sequence (fake_windows): the discriminator sees exactly what
+    a piece of any length is made of, and pieces have no seams.
+
+    architecture="seed": the seed's end-to-end generator, noise (B, sound_channels, noise_dim) through a
+    noise encoder to latent_seq_len Gaussians of latent_dim, a sample of which passes through num_layers
+    transformer layers and the sub-pixel decoder to a waveform of seq_len samples.
+    """
+
+    def __init__(self, sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=64, latent_dim=256,
+                 num_heads=8, num_layers=4, use_gaussians=True, num_of_gaussians=6, dropout=0.0, noise_dim=64, *,
+                 architecture="latent", context=8, style_dim=64, finetune_decoder=False, vae=None):
         super().__init__()
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or latent_dim % num_heads:
             raise ValueError(f"num_heads must be a positive integer that divides latent_dim ({latent_dim}), "
                              f"got {num_heads!r}")
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
             raise ValueError(f"num_layers must be an integer of 0 or more, got {num_layers!r}")
-        self.sound_channels, self.seq_len, self.noise_dim = sound_channels, seq_len, noise_dim
-        self.vae = VariationalEncoderDecoder(sound_channels, n_channels, latent_seq_len, latent_dim, seq_len,
-                                             dropout, use_gaussians, num_of_gaussians, noise_dim=noise_dim,
-                                             architecture="seed")
-        self.position = nn.Parameter(torch.randn(1, latent_seq_len, latent_dim) * 0.02)
-        self.transformer = nn.Sequential(*(TransformerBlock(latent_dim, num_heads, dropout) for _ in range(num_layers)))
+        if architecture not in ("latent", "seed"):
+            raise ValueError(f"architecture must be 'latent' or 'seed', got {architecture!r}")
+        self.architecture = architecture
+        self.sound_channels, self.noise_dim, self.latent_seq_len = sound_channels, noise_dim, latent_seq_len
+        if architecture == "seed":
+            self.seq_len = seq_len
+            self.vae = VariationalEncoderDecoder(sound_channels, n_channels, latent_seq_len, latent_dim, seq_len,
+                                                 dropout, use_gaussians, num_of_gaussians, noise_dim=noise_dim,
+                                                 architecture="seed")
+            self.position = nn.Parameter(torch.randn(1, latent_seq_len, latent_dim) * 0.02)
+            self.transformer = nn.Sequential(*(TransformerBlock(latent_dim, num_heads, dropout)
+                                               for _ in range(num_layers)))
+            return
+        from config_reader import defaults
+
+        self.style_dim, self.context = style_dim, context
+        self.vae = vae_from_config({**defaults()["vae"], **(vae or {})}, sound_channels)
+        self.vae.requires_grad_(False)
+        self.vae.decoder.requires_grad_(finetune_decoder)
+        self.frame_samples = self.vae.frame_samples
+        self.seq_len = latent_seq_len * self.frame_samples  # samples in one window
+        self.receptive_field = 3 + num_layers * context  # output frame t depends on noise frames t +- this
+        self.register_buffer("latent_mean", torch.zeros(self.vae.latent_dim))
+        self.register_buffer("latent_std", torch.ones(self.vae.latent_dim))
+        self.input = nn.Linear(noise_dim + style_dim, latent_dim)
+        self.position = nn.Conv1d(latent_dim, latent_dim, 7, padding=3, groups=latent_dim)
+        self.blocks = nn.ModuleList(LocalAttentionBlock(latent_dim, num_heads, dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(latent_dim)
+        self.output = nn.Linear(latent_dim, self.vae.latent_dim)
+
+    def set_vae(self, vae, latent_mean, latent_std):
+        """Take the trained VAE's weights, and the latent cache's per-channel mean and std (latent_dim,)."""
+        self.vae.load_state_dict(vae.state_dict())
+        self.latent_mean.copy_(torch.as_tensor(latent_mean))
+        self.latent_std.copy_(torch.as_tensor(latent_std))
+
+    def sample_noise(self, batch, frames=None, generator=None, device=None):
+        """White noise for `batch` pieces, from `generator` (a torch.Generator; default: the global one).
+
+        latent: (batch, frames, noise_dim + style_dim), its last style_dim channels the same in every frame;
+        frames defaults to what fake_windows needs. seed: (batch, sound_channels, noise_dim)."""
+        device = device or next(self.parameters()).device
+        if self.architecture == "seed":
+            return torch.randn(batch, self.sound_channels, self.noise_dim, generator=generator).to(device)
+        frames = frames or self.latent_seq_len + 2 * self.receptive_field
+        local = torch.randn(batch, frames, self.noise_dim, generator=generator)
+        style = torch.randn(batch, 1, self.style_dim, generator=generator).expand(-1, frames, -1)
+        return torch.cat([local, style], dim=2).to(device)
+
+    def latents(self, noise, block_frames=512):
+        """Standardized latent sequences (B, frames, vae latent_dim) from noise (B, frames, noise channels); long
+        ones in blocks of block_frames with receptive_field frames of context, which equals one pass."""
+        margin = self.receptive_field
+        run = lambda lo, hi: (self._latents(noise[:, lo:hi]),)  # noqa: E731
+        return VariationalEncoderDecoder._in_blocks(run, noise.shape[1], block_frames, margin, dim=1)[0]
+
+    def _latents(self, noise):
+        h = self.input(noise)
+        h = h + self.position(h.transpose(1, 2)).transpose(1, 2)
+        mask = band_mask(h.shape[1], self.context, h.device)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.output(self.norm(h))
+
+    def fake_windows(self, batch, generator=None):
+        """(batch, latent_seq_len, vae latent_dim) standardized latents: the middle of longer sequences, so that
+        every frame had its full context, as inside a piece of any length."""
+        z = self.latents(self.sample_noise(batch, generator=generator))
+        return z[:, self.receptive_field:self.receptive_field + self.latent_seq_len]
+
+    def to_vae_units(self, z):
+        return z * self.latent_std + self.latent_mean
+
+    def decode(self, z):
+        """Standardized latents (B, frames, D) -> waveforms (B, C, frames x frame_samples), with gradients."""
+        return self.vae.decoder(self.to_vae_units(z))
 
     def forward(self, noise):
-        if noise.dim() != 3 or noise.shape[1:] != (self.sound_channels, self.noise_dim):
-            raise ValueError(f"noise must be shaped (batch, {self.sound_channels}, {self.noise_dim}), "
-                             f"got {tuple(noise.shape)}")
-        mu, logvar = self.vae.encoder(noise)  # each (B, latent_seq_len, latent_dim)
-        z = self.transformer(self.vae.reparameterize(mu, logvar) + self.position)
-        return mu, logvar, self.vae.decoder(z)  # waveform (B, sound_channels, seq_len)
+        if self.architecture == "seed":
+            if noise.dim() != 3 or noise.shape[1:] != (self.sound_channels, self.noise_dim):
+                raise ValueError(f"noise must be shaped (batch, {self.sound_channels}, {self.noise_dim}), "
+                                 f"got {tuple(noise.shape)}")
+            mu, logvar = self.vae.encoder(noise)  # each (B, latent_seq_len, latent_dim)
+            z = self.transformer(self.vae.reparameterize(mu, logvar) + self.position)
+            return mu, logvar, self.vae.decoder(z)  # waveform (B, sound_channels, seq_len)
+        if noise.dim() != 3 or noise.shape[2] != self.noise_dim + self.style_dim:
+            raise ValueError(f"noise must be shaped (batch, frames, {self.noise_dim + self.style_dim}) as "
+                             f"sample_noise draws it, got {tuple(noise.shape)}")
+        mu = self.to_vae_units(self.latents(noise))
+        return mu, None, self.vae.decode_long(mu)
+
+
+def build_generator(config):
+    """The generator config describes: VariationalAttentionModel(**config["model"]) with the VAE's shape."""
+    return VariationalAttentionModel(**config["model"], vae=config["vae"])
+
+
+class LatentWindows:
+    """Windows of the latent cache, standardized: what the latent discriminator learns real music from.
+
+    `cache` is one split of the cache (chunks, frames_per_chunk, latent_dim); chunks 2i and 2i+1 are a
+    start and its continuation, so each pair is one sequence of 2 x frames_per_chunk frames, and a window
+    of `frames` frames may start anywhere in it. Held in memory as float32 (a few MB per hour of music).
+    """
+
+    def __init__(self, cache, frames, mean, std, name="latent cache"):
+        array = torch.from_numpy(np.asarray(cache, dtype=np.float32))
+        pairs, per_chunk = array.shape[0] // 2, array.shape[1]
+        if pairs < 1:
+            raise DatasetError(f"{name} holds {array.shape[0]} chunk(s); the latent GAN needs at least one pair of "
+                               f"adjacent chunks (add music)")
+        if frames > 2 * per_chunk:
+            raise DatasetError(f"model.latent_seq_len ({frames} frames) is longer than two of the dataset's chunks "
+                               f"({2 * per_chunk} latent frames); lower model.latent_seq_len to at most "
+                               f"{2 * per_chunk}, or rebuild the dataset with a longer --chunk-seconds")
+        self.frames = frames
+        self.sequences = (array[:2 * pairs].reshape(pairs, 2 * per_chunk, -1) - mean) / std
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def batch(self, size, generator=None, starts=None):
+        """(size, frames, latent_dim): random pairs at random offsets (from `generator`), or pair i at offset
+        starts[i] when starts is given."""
+        room = self.sequences.shape[1] - self.frames + 1
+        if starts is None:
+            pairs = torch.randint(len(self), (size,), generator=generator)
+            starts = torch.randint(room, (size,), generator=generator)
+        else:
+            pairs, starts = torch.arange(size) % len(self), torch.as_tensor(starts)
+        index = starts[:, None] + torch.arange(self.frames)
+        return self.sequences[pairs[:, None], index]
+
+    def fixed(self, count):
+        """The same `count` windows every call: pairs in order, at offsets spread over each pair."""
+        room = self.sequences.shape[1] - self.frames + 1
+        return self.batch(count, starts=(torch.arange(count) * 7919) % room)
+
+
+def latent_statistics(cache):
+    """Per-channel mean and std (latent_dim,) of a cache split: how fake_windows's units map to the VAE's."""
+    array = torch.from_numpy(np.asarray(cache, dtype=np.float32)).flatten(0, 1)
+    return array.mean(dim=0), array.std(dim=0).clamp_min(1e-3)
 
 
 NORMALIZATIONS = ("peak", "chunk")

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loss_functions import BCE_CONFUSION, discriminator_loss, generator_loss, reconstruction_loss
+from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discriminator_loss, feature_matching_loss,
+                            generator_adversarial_loss, generator_loss, r1_penalty, reconstruction_loss)
 from utilities import checkpoint_path
 from vae_utilities import save_checkpoint
 
@@ -119,6 +120,85 @@ def train_step(generator, discriminator, optim_g, optim_d, targets, *, weights, 
     return result
 
 
+def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind="hinge", r1_weight=1.0,
+                      feature_matching=0.0, smoothing=0.0, autocast=None, grad_clip=0.0, scaler_g=None, scaler_d=None,
+                      update_generator=True):
+    """One GAN iteration on latent windows (B, frames, latent_dim), in HiFi-GAN's order: the fakes, D's update
+    on them detached (with R1 on the real windows), then G's update against the updated D.
+
+    Never runs the VAE's encoder; decodes audio only when the discriminator has an audio member. Returns a
+    dict of floats, as train_step does, with "d/r1" and "d/accuracy_real" / "d/accuracy_fake" (the shares
+    of the batch's real windows D scores above 0 and of fakes below 0, which drive the adaptive R1 weight).
+    """
+    autocast = autocast or nullcontext
+    audio_d = discriminator.audio
+    fake = generator.fake_windows(real.shape[0])
+    real = real.detach().requires_grad_(r1_weight > 0)
+    with autocast():
+        fake_audio = generator.decode(fake) if audio_d is not None else None
+        real_logits, fake_logits = discriminator(real), discriminator(fake.detach())
+        d_adv = discriminator_adversarial_loss(real_logits, fake_logits, kind, smoothing)
+        if audio_d is not None:
+            with torch.no_grad():
+                real_audio = generator.decode(real.detach())
+            d_adv = d_adv + discriminator_adversarial_loss(audio_d(real_audio)[0], audio_d(fake_audio.detach())[0], kind,
+                                                           smoothing)
+    r1 = r1_penalty(real_logits, real) if r1_weight else torch.zeros((), device=real.device)
+    d_total = d_adv + r1_weight * r1
+    optim_d.zero_grad(set_to_none=True)
+    (scaler_d.scale(d_total) if scaler_d else d_total).backward()
+    skipped_d = not apply_update(optim_d, list(discriminator.parameters()), scaler_d, grad_clip,
+                                 bool(torch.isfinite(d_total)))
+    logs = {"d/adversarial": d_adv, "d/r1": r1, "d/total": d_total, "d/real_logit": real_logits.float().mean(),
+            "d/fake_logit": fake_logits.float().mean(), "d/accuracy_real": (real_logits > 0).float().mean(),
+            "d/accuracy_fake": (fake_logits < 0).float().mean()}
+    skipped_g = False
+    if update_generator:  # D's weights get gradients here too; its next zero_grad drops them
+        with autocast():
+            fake_logits, fake_features = discriminator(fake, return_features=True)
+            g_total = logs["g/adversarial"] = generator_adversarial_loss(fake_logits, kind)
+            if feature_matching:
+                with torch.no_grad():
+                    real_features = discriminator(real.detach(), return_features=True)[1]
+                logs["g/feature_matching"] = feature_matching_loss(real_features, fake_features)
+                g_total = g_total + feature_matching * logs["g/feature_matching"]
+            if audio_d is not None:
+                logs["g/audio_adversarial"] = generator_adversarial_loss(audio_d(fake_audio)[0], kind)
+                g_total = g_total + logs["g/audio_adversarial"]
+        logs["g/total"] = g_total
+        optim_g.zero_grad(set_to_none=True)
+        (scaler_g.scale(g_total) if scaler_g else g_total).backward()
+        skipped_g = not apply_update(optim_g, [p for p in generator.parameters() if p.requires_grad], scaler_g,
+                                     grad_clip, bool(torch.isfinite(g_total)))
+    names = sorted(logs)
+    result = dict(zip(names, torch.stack([logs[n].detach().float() for n in names]).tolist()))  # one sync
+    result.update({"skipped/g": int(skipped_g), "skipped/d": int(skipped_d)})
+    return result
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    for averaged, live in zip(ema.parameters(), model.parameters()):
+        if live.requires_grad:
+            averaged.lerp_(live, 1 - decay)
+    for averaged, live in zip(ema.buffers(), model.buffers()):
+        averaged.copy_(live)
+
+
+R1_MAX = 10.0  # Musika's ceiling for the adaptive R1 weight
+
+
+def adapt_r1(weight, accuracy, base, target=0.75, rate=1.02):
+    """Adaptive R1, after Musika: raise the weight while D tells the batch's real and fake windows apart
+    better than `target` (its mean accuracy on both: it is growing overconfident), lower it otherwise;
+    kept within [base, R1_MAX]."""
+    if not base:
+        return 0.0
+    weight = weight * rate if accuracy > target else weight / rate
+    return min(max(weight, base), max(base, R1_MAX))
+
+
 # ---------------------------------------------------------------------------------------------
 # The health report: the seed's tables as code
 
@@ -128,37 +208,57 @@ def _trend(values):
     if len(values) < 3:
         return "too early"
     mean = statistics.mean(values)
-    spread = statistics.pstdev(values) / max(abs(mean), 1e-8)
+    spread = statistics.pstdev(values) / max(abs(mean), 0.5)  # hinge losses cross zero: no relative spread there
     if spread < 0.005:
         return "flat"
     return "gentle" if spread < 0.15 else "wild"
 
 
+# D's adversarial loss per kind: (confusion point, [(upper bound, verdict), ...] from low to high). bce is the
+# seed's table (DESIGN.md); hinge's confusion point is 2 (both hinges at logit 0), lsgan's 1.
+D_BANDS = {
+    "bce": (BCE_CONFUSION, [(0.2, "D dominates (below 0.2): the generator gets little signal"),
+                            (0.4, "D winning (0.2-0.4)"), (0.7, "healthy (0.4-0.7)"), (0.8, "D near confusion (0.7-0.8)"),
+                            (math.inf, "D fooled (above 0.8)")]),
+    "hinge": (2.0, [(0.5, "D dominates (below 0.5): the generator gets little signal"), (1.2, "D winning (0.5-1.2)"),
+                    (1.9, "healthy (1.2-1.9)"), (2.1, "D near confusion (1.9-2.1)"), (math.inf, "D fooled (above 2.1)")]),
+    "lsgan": (1.0, [(0.2, "D dominates (below 0.2): the generator gets little signal"), (0.5, "D winning (0.2-0.5)"),
+                    (0.9, "healthy (0.5-0.9)"), (1.1, "D near confusion (0.9-1.1)"), (math.inf, "D fooled (above 1.1)")]),
+}
+BLIND = 0.1  # D accuracy at or below this on real (or fake) validation windows: it is not telling them apart
+
+
 def health_report(history, kind="bce", window=5):
-    """Verdicts for the latest epoch of `history` (a list of per-epoch metric dicts), as {name: sentence}."""
+    """Verdicts for the latest epoch of `history` (a list of per-epoch metric dicts), as {name: sentence}.
+
+    health/d reads D's adversarial loss against its kind's bands, but validation accuracy comes first: a D
+    that calls 90 % or more of real chunks fake (or of fakes real) is never healthy, whatever its loss.
+    health/frechet follows the Fréchet distance to validation; health/verdict sums everything up.
+    """
     last = history[-1]
     recent = history[-window:]
-    verdict = {}
-    d = last.get("d/adversarial")
-    if kind != "bce" or d is None:
-        verdict["health/d"] = f"{kind} loss: the BCE table does not apply"
-    elif abs(d - BCE_CONFUSION) < 0.02:
-        verdict["health/d"] = "at the confusion point (0.693): D cannot tell real from fake"
-    elif d < 0.2:
-        verdict["health/d"] = "D dominates (below 0.2): the generator gets little signal"
-    elif d < 0.4:
-        verdict["health/d"] = "D winning (0.2-0.4)"
-    elif d <= 0.7:
-        verdict["health/d"] = "healthy (0.4-0.7)"
-    elif d <= 0.8:
-        verdict["health/d"] = "D near confusion (0.7-0.8)"
+    verdict, problems = {}, []
+    d, accuracy_real, accuracy_fake = last.get("d/adversarial"), last.get("val/d_accuracy_real"), last.get("val/d_accuracy_fake")
+    if accuracy_real is not None and accuracy_real <= BLIND:
+        verdict["health/d"] = f"broken: D calls {1 - accuracy_real:.0%} of real validation chunks fake"
+    elif accuracy_fake is not None and accuracy_fake <= BLIND:
+        verdict["health/d"] = f"D fooled: it calls {1 - accuracy_fake:.0%} of fakes real"
+    elif d is None or kind not in D_BANDS:
+        verdict["health/d"] = "not measured"
     else:
-        verdict["health/d"] = "D fooled (above 0.8)"
+        confusion, bands = D_BANDS[kind]
+        verdict["health/d"] = (f"at the confusion point ({confusion:.3g}): D cannot tell real from fake"
+                               if abs(d - confusion) < 0.02 * max(1.0, confusion) else
+                               next(text for upper, text in bands if d < upper))
+    if verdict["health/d"].startswith(("broken", "D fooled", "D dominates", "at the confusion")):
+        problems.append("D " + verdict["health/d"].split(" (")[0].split(":")[0].removeprefix("D "))
 
     g_totals = [row["g/total"] for row in recent if "g/total" in row]
     g_adv = last.get("g/adversarial")
-    if len(g_totals) >= 3 and g_totals[-1] > 2 * min(g_totals[:-1]) and g_totals[-1] > g_totals[-2] > g_totals[-3]:
+    rising = len(g_totals) >= 3 and g_totals[-1] > g_totals[-2] > g_totals[-3]
+    if rising and g_totals[-1] - min(g_totals[:-1]) > max(1.0, abs(min(g_totals[:-1]))):  # doubled, or up by 1
         g = "exploding: the total rose sharply three epochs running"
+        problems.append("G exploding")
     else:
         g = {"flat": "flat: not learning", "gentle": "oscillates gently: healthy",
              "wild": "swings wildly", "too early": "too early to judge"}[_trend(g_totals)]
@@ -168,7 +268,7 @@ def health_report(history, kind="bce", window=5):
 
     recon = [row["g/recon"] for row in recent if "g/recon" in row]
     if not recon:
-        verdict["health/recon"] = "recon is switched off"
+        verdict["health/recon"] = "not used (no unpaired reconstruction term)"
     elif len(recon) >= 2 and recon[-1] > 1.5 * recon[-2]:
         verdict["health/recon"] = "critical: a sudden jump"
     elif len(recon) >= 4 and all(b > a for a, b in zip(recon[-4:], recon[-3:])):
@@ -178,12 +278,22 @@ def health_report(history, kind="bce", window=5):
     else:
         verdict["health/recon"] = f"{recon[-1]:.3f}, outside the good band 0.4-0.5"
 
+    frechet = [row["val/frechet"] for row in history if "val/frechet" in row][-3:]
+    if len(frechet) < 2:
+        verdict["health/frechet"] = "too early to judge"
+    elif len(frechet) == 3 and frechet[2] > frechet[1] > frechet[0]:
+        verdict["health/frechet"] = f"worsening: rose three measurements running, to {frechet[-1]:.1f}"
+        problems.append("Fréchet rising")
+    else:
+        verdict["health/frechet"] = ("improving" if frechet[-1] < frechet[0] else "not improving") + f" ({frechet[-1]:.1f})"
+
     d_totals = [row["d/total"] for row in recent if "d/total" in row]
     trends = {_trend(d_totals), _trend(g_totals)}
     verdict["health/oscillation"] = ("too early to judge" if "too early" in trends else
                                      "wild swings: unstable" if "wild" in trends else
                                      "flat line: deadlock" if trends == {"flat"} else
                                      "gentle oscillation: healthy")
+    verdict["health/verdict"] = "healthy" if not problems else "unhealthy: " + ", ".join(problems)
     return verdict
 
 
@@ -197,6 +307,20 @@ GAN_PANELS = [("Discriminator", ["d/total", "d/adversarial"], [(0.4, 0.7, "healt
               ("Reconstruction", ["g/recon", "val/recon"], [(0.4, 0.5, "good")]),
               ("Validation: D accuracy", ["val/d_accuracy_real", "val/d_accuracy_fake"], []),
               ("Fréchet distance to validation (lower is closer)", ["val/frechet"], [])]
+
+
+def gan_panels(kind):
+    """GAN_PANELS with the discriminator's healthy band and confusion point for this adversarial loss kind."""
+    confusion, bands = D_BANDS.get(kind, D_BANDS["bce"])
+    low = next(upper for upper, text in bands if text.startswith("D winning"))
+    high = next(upper for upper, text in bands if text.startswith("healthy"))
+    return [("Discriminator", ["d/total", "d/adversarial"], [(low, high, "healthy")]),
+            ("Generator", ["g/total", "g/adversarial"], [(confusion, confusion, "confusion")]),
+            ("Reconstruction (seed) / R1 (latent)", ["g/recon", "val/recon", "d/r1", "r1_weight"],
+             [(0.4, 0.5, "good recon")] if kind == "bce" else []),
+            GAN_PANELS[3], GAN_PANELS[4]]
+
+
 VAE_PANELS = [("VAE: multi-resolution STFT distance (paired)", ["vae/stft", "val/stft"], []),
               ("VAE: KL per element", ["vae/kl", "val/kl"], []),
               ("VAE: KL weight (warm-up)", ["vae/kl_weight"], []),
@@ -253,19 +377,27 @@ def plot_losses(history, path, panels=GAN_PANELS):
     os.replace(tmp, path)
 
 
+def sample(generator, noise, autocast=None):
+    """Waveforms (N, C, T) float32 on the CPU from fixed noise, in eval mode. Training's random streams are left
+    alone (fork_rng): the seed's generator draws its reparameterization noise from the global generator."""
+    autocast = autocast or nullcontext
+    device = noise.device
+    was_training = generator.training
+    generator.eval()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.no_grad(), autocast():
+        waveforms = generator(noise)[2].float().cpu()
+    generator.train(was_training)
+    return waveforms
+
+
 def write_samples(generator, noise, folder, sample_rate, autocast):
     """Generate from fixed noise and write peak-normalized 16-bit WAVs a person can play; return their paths."""
     import soundfile
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad(), autocast():
-        waveforms = generator(noise)[2].float().cpu().numpy()  # (N, C, T)
-    generator.train(was_training)
     paths = []
-    for i, wave in enumerate(waveforms):
+    for i, wave in enumerate(sample(generator, noise, autocast).numpy()):
         peak = float(np.abs(wave).max())
         audio = wave / peak * 0.9 if peak > 0 else wave
         path = folder / f"sample_{i}.wav"
@@ -288,140 +420,240 @@ def make_loader(dataset, batch_size, num_workers, seed, shuffle, device):
 
 @torch.no_grad()
 def validate(generator, discriminator, val_data, config, device, autocast):
-    """D's accuracy on held-out real chunks and on fakes, and recon of fakes against them (own RNG: training's
-    random state is not touched)."""
+    """D's accuracy on held-out real chunks and on fakes (fixed noise of their own, so training's random state is
+    not touched); for the seed's generator, recon of the fakes against the real chunks too."""
     if val_data is None or len(val_data) == 0:
         return {}
-    batch_size = min(config["data"]["batch_size"], len(val_data))
-    loader = make_loader(val_data, batch_size, 0, seed=0, shuffle=False, device=device)
+    latent = config["model"]["architecture"] == "latent"
     noise_rng = torch.Generator(device="cpu").manual_seed(1234)
+    if latent:
+        count = max(2, min(64, 2 * len(val_data)))
+        batches = [(val_data.fixed(count).to(device), None)]
+    else:
+        loader = make_loader(val_data, min(config["data"]["batch_size"], len(val_data)), 0, seed=0, shuffle=False,
+                             device=device)
+        batches = ((target.to(device), None) for target, _, _ in loader)
     generator.eval()
     discriminator.eval()
     correct_real = correct_fake = total = 0
     recon = []
-    for target, _, _ in loader:
-        target = target.to(device)
-        noise = torch.randn(target.shape[0], generator.sound_channels, generator.noise_dim, generator=noise_rng).to(device)
-        with autocast():
-            fake = generator(noise)[2]
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        for target, _ in batches:
             if target.shape[0] < 2 and getattr(discriminator, "mdisc", None) is not None:
                 continue  # minibatch discrimination needs two samples
-            real_logits, fake_logits = discriminator(target), discriminator(fake)
-        correct_real += int((real_logits.float().mean(dim=1) > 0).sum())  # per sample: its mean logit
-        correct_fake += int((fake_logits.float().mean(dim=1) < 0).sum())
-        total += target.shape[0]
-        recon.append(float(reconstruction_loss(fake, target)))
+            with autocast():
+                if latent:
+                    fake = generator.fake_windows(target.shape[0], generator=noise_rng)
+                else:
+                    fake = generator(generator.sample_noise(target.shape[0], generator=noise_rng))[2]
+                real_logits, fake_logits = discriminator(target), discriminator(fake)
+            correct_real += int((real_logits.float().mean(dim=1) > 0).sum())  # per sample: its mean logit
+            correct_fake += int((fake_logits.float().mean(dim=1) < 0).sum())
+            total += target.shape[0]
+            if not latent:
+                recon.append(float(reconstruction_loss(fake, target)))
     generator.train()
     discriminator.train()
     if not total:
         return {}
-    return {"val/d_accuracy_real": correct_real / total, "val/d_accuracy_fake": correct_fake / total,
-            "val/recon": statistics.mean(recon)}
+    result = {"val/d_accuracy_real": correct_real / total, "val/d_accuracy_fake": correct_fake / total}
+    if recon:
+        result["val/recon"] = statistics.mean(recon)
+    return result
 
 
-def frechet_to_validation(generator, val_data, samples, seed, device):
-    """evaluate.py's Fréchet distance between fixed-noise generations and validation chunks."""
+def frechet_to_validation(generator, val_audio, samples, seed, device):
+    """evaluate.py's Fréchet distance and spectral motion of fixed-noise generations against validation chunks."""
     from evaluate import compare, generator_clips, validation_clips
 
-    real = validation_clips(val_data, samples)
-    fake = generator_clips(generator, len(real), seed, device)
-    return compare(real, fake, val_data.info["sample_rate"])["frechet"]
+    real = validation_clips(val_audio, samples)
+    fake = generator_clips(generator, len(real), seed, device, samples=real[0].shape[-1])
+    result = compare(real, fake, val_audio.info["sample_rate"])
+    return {"val/frechet": result["frechet"], "val/spectral_motion_db": result["spectral_motion_db"]["fake"]}
 
 
-def train_vae_gan(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
-                  start_epoch=1, history=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
-                  sample_rate=12000, deadline=None, log=print):
-    """Adversarial training from start_epoch to config.training.epochs (or until time.monotonic() passes deadline).
+class GANRun:
+    """What the adversarial loop works on, and the state a checkpoint keeps beyond the weights: the global step,
+    the adaptive R1 weight and (latent) the generator's EMA copy, which samples and evaluates."""
 
-    Each epoch: a progress bar with running D, G and Recon losses; then validation, the per-epoch means
-    of every loss term with the health verdicts (printed, and appended to history / metrics.csv /
-    losses.png). Every output.save_after_nepochs epochs, and at the last one: audio samples and both
-    checkpoints. Ctrl-C saves a checkpoint and returns. Returns (history, status): "done" or "interrupted".
-    """
+    def __init__(self, generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
+                 ema=None, val_audio=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
+                 sample_rate=12000, log=print, step=0, r1_weight=None):
+        self.generator, self.discriminator, self.optim_g, self.optim_d = generator, discriminator, optim_g, optim_d
+        self.train_data, self.val_data, self.val_audio = train_data, val_data, val_audio
+        self.config, self.device, self.ema = config, device, ema
+        self.scaler_g, self.scaler_d, self.autocast, self.stft = scaler_g, scaler_d, autocast or nullcontext, stft
+        self.sample_rate, self.log, self.step = sample_rate, log, step
+        t = config["training"]
+        self.latent = config["model"]["architecture"] == "latent"
+        self.r1_weight = t["r1_weight"] if r1_weight is None else r1_weight
+        self.folder = Path(config["output"]["checkpoint_folder"])
+
+    @property
+    def sampler(self):
+        """The generator that samples: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.generator
+
+    def iterations(self, epoch):
+        t, data = self.config["training"], self.config["data"]
+        if self.latent:
+            count = max(1, 2 * len(self.train_data) // t["batch_size"])
+        else:
+            count = len(self.train_data) // data["batch_size"] // t["accumulation_steps"]
+        return min(count, data["steps_per_epoch"]) if data["steps_per_epoch"] else count
+
+    def batches(self, epoch):
+        """The epoch's real batches, from a random stream seeded by the epoch (so a resumed run draws the same)."""
+        t, data = self.config["training"], self.config["data"]
+        seed = t["seed"] * 100_003 + epoch
+        if self.latent:
+            rng = torch.Generator().manual_seed(seed)
+            for _ in range(self.iterations(epoch)):
+                yield self.train_data.batch(t["batch_size"], generator=rng).to(self.device, non_blocking=True)
+            return
+        loader = iter(make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=seed, shuffle=True,
+                                  device=self.device))
+        for _ in range(self.iterations(epoch)):
+            yield [next(loader)[0].to(self.device, non_blocking=True) for _ in range(t["accumulation_steps"])]
+
+    def train_step(self, batch, update_generator=True):
+        t, w = self.config["training"], self.config["loss_weights"]
+        if not self.latent:
+            return train_step(self.generator, self.discriminator, self.optim_g, self.optim_d, batch, weights=w,
+                              keys=t["keys"], kind=t["adversarial_loss"], smoothing=t["smoothing"],
+                              generator_updates=t["generator_updates"], stft=self.stft, autocast=self.autocast,
+                              grad_clip=t["grad_clip"], scaler_g=self.scaler_g, scaler_d=self.scaler_d)
+        logs = latent_train_step(self.generator, self.discriminator, self.optim_g, self.optim_d, batch,
+                                 kind=t["adversarial_loss"], r1_weight=self.r1_weight,
+                                 feature_matching=w["feature_matching"], smoothing=t["smoothing"],
+                                 autocast=self.autocast, grad_clip=t["grad_clip"], scaler_g=self.scaler_g,
+                                 scaler_d=self.scaler_d, update_generator=update_generator)
+        logs["r1_weight"] = self.r1_weight
+        if t["r1_adaptive"]:
+            accuracy = (logs["d/accuracy_real"] + logs["d/accuracy_fake"]) / 2
+            self.r1_weight = adapt_r1(self.r1_weight, accuracy, t["r1_weight"])
+        if update_generator:
+            decay = min(t["ema_decay"], (1 + self.step) / (10 + self.step))  # a short warm-up, then the set decay
+            ema_update(self.ema, self.generator, decay)
+            self.step += 1
+        return logs
+
+    def validate(self, epoch):
+        t = self.config["training"]
+        row = validate(self.generator, self.discriminator, self.val_data, self.config, self.device, self.autocast)
+        if t["eval_every"] and self.val_audio is not None and (epoch % t["eval_every"] == 0 or epoch == t["epochs"]):
+            row.update(frechet_to_validation(self.sampler, self.val_audio, t["eval_samples"], t["seed"], self.device))
+        return row
+
+    def sample_noise(self):
+        """The fixed noise of the samples written at each save (its own random stream)."""
+        t, out = self.config["training"], self.config["output"]
+        frames = 4 * self.generator.latent_seq_len if self.latent else None
+        return self.sampler.sample_noise(out["samples_per_save"], frames=frames,
+                                         generator=torch.Generator().manual_seed(t["seed"] + 7))
+
+    def save(self, epoch, history, partial=False):
+        extra = dict(step=self.step, r1_weight=self.r1_weight)
+        if self.ema is not None:
+            extra["ema_state_dict"] = self.ema.state_dict()
+        for kind, model, optimizer, scaler in (("generator", self.generator, self.optim_g, self.scaler_g),
+                                              ("discriminator", self.discriminator, self.optim_d, self.scaler_d)):
+            save_checkpoint(checkpoint_path(self.folder, kind, epoch), model, optimizer, epoch, self.config,
+                            scaler=scaler, metrics=history, partial=partial, **extra)
+
+
+def run_epoch(run, epoch, desc, update_generator=True):
+    """One epoch of run.train_step with a progress bar; returns the means of its logs, or raises KeyboardInterrupt
+    (with .completed set) or TrainingStopped."""
+    t = run.config["training"]
+    iterations = run.iterations(epoch)
+    sums, count, nonfinite_in_a_row = {}, 0, 0
+    bar = tqdm(total=iterations, desc=desc, unit="it", dynamic_ncols=True, leave=False)
+    try:
+        for batch in run.batches(epoch):
+            logs = run.train_step(batch, update_generator)
+            bad = logs["skipped/g"] + logs["skipped/d"]
+            nonfinite_in_a_row = nonfinite_in_a_row + bad if bad else 0
+            if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
+                raise TrainingStopped(
+                    f"{nonfinite_in_a_row} updates in a row had a NaN or Inf loss or gradient (epoch {epoch}); "
+                    f"stopping. Try a lower learning_rate, grad_clip: 1.0, or precision: fp32.")
+            for key, value in logs.items():
+                if math.isfinite(value):
+                    sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            bar.set_postfix(D=f"{sums.get('d/total', 0) / count:.3f}", G=f"{sums.get('g/total', 0) / count:.3f}",
+                            refresh=False)
+            bar.update()
+    except KeyboardInterrupt as e:
+        e.completed = (count, iterations)
+        raise
+    finally:
+        bar.close()
+    row = {key: value / max(count, 1) for key, value in sorted(sums.items()) if not key.startswith("skipped/")}
+    row["skipped_updates"] = sums.get("skipped/g", 0) + sums.get("skipped/d", 0)
+    return row
+
+
+def pretrain_latent_discriminator(run, log=print):
+    """training.pretrain_discriminator_epochs of D-only updates against the untrained generator's latents."""
+    epochs = run.config["training"]["pretrain_discriminator_epochs"]
+    for epoch in range(1, epochs + 1):
+        row = run_epoch(run, -epoch, f"pretrain discriminator {epoch}/{epochs}", update_generator=False)
+        log(f"pretrain discriminator epoch {epoch}: D {row.get('d/total', float('nan')):.4f}")
+
+
+def log_epoch(row, log):
+    log(f"epoch {row['epoch']}: D {row.get('d/total', float('nan')):.4f}  G {row.get('g/total', float('nan')):.4f}  "
+        + (f"Recon {row['g/recon']:.4f}  " if "g/recon" in row else "")
+        + (f"R1 {row['d/r1']:.4f} (x{row['r1_weight']:.2f})  " if "d/r1" in row else "")
+        + (f"val D acc real/fake {row['val/d_accuracy_real']:.2f}/{row['val/d_accuracy_fake']:.2f}  "
+           if "val/d_accuracy_real" in row else "")
+        + (f"Fréchet {row['val/frechet']:.1f}  " if "val/frechet" in row else "")
+        + f"{row['seconds']:.1f}s" + ("  [saved]" if row.get("checkpoint") else ""))
+    log(f"  health: {row['health/verdict']} | D: {row['health/d']} | G: {row['health/g']} | "
+        f"Fréchet: {row['health/frechet']} | {row['health/oscillation']}")
+
+
+def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
+    """Adversarial training of a GANRun from start_epoch to config.training.epochs (or until time.monotonic() passes
+    deadline). Each epoch: run_epoch, validation, the means of every logged term with the health verdicts
+    (printed, and appended to history / metrics.csv / losses.png). Every output.save_after_nepochs epochs, and at
+    the last one: audio samples from fixed noise and both checkpoints. Ctrl-C saves a checkpoint and returns.
+    Returns (history, status): "done" or "interrupted"."""
+    config, log = run.config, run.log
     t, out = config["training"], config["output"]
-    autocast = autocast or nullcontext
     history = list(history or [])
-    folder = Path(out["checkpoint_folder"])
-    sample_noise = torch.randn(out["samples_per_save"], generator.sound_channels, generator.noise_dim,
-                               generator=torch.Generator().manual_seed(t["seed"] + 7)).to(device)
-    nonfinite_in_a_row = 0
+    sample_noise = run.sample_noise() if out["samples_per_save"] else None
     last_saved = max((row["epoch"] for row in history if row.get("checkpoint")), default=None)
-    steps_per_epoch = config["data"]["steps_per_epoch"]
-    accumulation = t["accumulation_steps"]
-    step_kwargs = dict(weights=config["loss_weights"], keys=t["keys"], kind=t["adversarial_loss"],
-                       smoothing=t["smoothing"], generator_updates=t["generator_updates"], stft=stft,
-                       autocast=autocast, grad_clip=t["grad_clip"], scaler_g=scaler_g, scaler_d=scaler_d)
-
-    def save(epoch, partial=False):
-        for kind, model, optimizer, scaler in (("generator", generator, optim_g, scaler_g),
-                                              ("discriminator", discriminator, optim_d, scaler_d)):
-            save_checkpoint(checkpoint_path(folder, kind, epoch), model, optimizer, epoch, config, scaler=scaler,
-                            metrics=history, partial=partial)
-
     for epoch in range(start_epoch, t["epochs"] + 1):
         started = time.perf_counter()
-        loader = make_loader(train_data, config["data"]["batch_size"], config["data"]["num_workers"],
-                             seed=t["seed"] * 100_003 + epoch, shuffle=True, device=device)
-        iterations = len(loader) // accumulation
-        if steps_per_epoch:
-            iterations = min(iterations, steps_per_epoch)
-        sums, count = {}, 0
-        bar = tqdm(total=iterations, desc=f"epoch {epoch}/{t['epochs']}", unit="it", dynamic_ncols=True, leave=False)
-        batches = iter(loader)
         try:
-            for _ in range(iterations):
-                targets = [next(batches)[0].to(device, non_blocking=True) for _ in range(accumulation)]
-                logs = train_step(generator, discriminator, optim_g, optim_d, targets, **step_kwargs)
-                bad = logs["skipped/g"] + logs["skipped/d"]
-                nonfinite_in_a_row = nonfinite_in_a_row + bad if bad else 0
-                if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
-                    where = (f"the last good checkpoint is epoch {last_saved} in {folder}" if last_saved
-                             else "no checkpoint was saved yet")
-                    raise TrainingStopped(
-                        f"{nonfinite_in_a_row} updates in a row had a NaN or Inf loss or gradient (epoch {epoch}); "
-                        f"stopping. {where[0].upper() + where[1:]}. Try a lower learning_rate, grad_clip: 1.0, or "
-                        f"precision: fp32.")
-                for key, value in logs.items():
-                    if math.isfinite(value):
-                        sums[key] = sums.get(key, 0.0) + value
-                count += 1
-                bar.set_postfix(D=f"{sums.get('d/total', 0) / count:.3f}", G=f"{sums.get('g/total', 0) / count:.3f}",
-                                Recon=f"{sums.get('g/recon', 0) / count:.3f}", refresh=False)
-                bar.update()
-        except KeyboardInterrupt:
-            bar.close()
-            save(epoch, partial=True)
-            log(f"\nInterrupted during epoch {epoch} ({count}/{iterations} iterations). Saved both models as epoch "
-                f"{epoch} (partial) in {folder}. To continue: --set output.resume_from_checkpoint=latest")
+            row = {"epoch": epoch, **run_epoch(run, epoch, f"epoch {epoch}/{t['epochs']}")}
+        except KeyboardInterrupt as e:
+            run.save(epoch, history, partial=True)
+            done, total = getattr(e, "completed", ("?", "?"))
+            log(f"\nInterrupted during epoch {epoch} ({done}/{total} iterations). Saved both models as epoch "
+                f"{epoch} (partial) in {run.folder}. To continue: --set output.resume_from_checkpoint=latest")
             return history, "interrupted"
-        bar.close()
-        row = {"epoch": epoch}
-        row.update({key: value / count for key, value in sorted(sums.items()) if not key.startswith("skipped/")})
-        row["skipped_updates"] = sums.get("skipped/g", 0) + sums.get("skipped/d", 0)
-        row.update(validate(generator, discriminator, val_data, config, device, autocast))
-        if t["eval_every"] and val_data is not None and (epoch % t["eval_every"] == 0 or epoch == t["epochs"]):
-            row["val/frechet"] = frechet_to_validation(generator, val_data, t["eval_samples"], t["seed"], device)
+        except TrainingStopped as e:
+            where = (f"the last good checkpoint is epoch {last_saved} in {run.folder}" if last_saved
+                     else "no checkpoint was saved yet")
+            raise TrainingStopped(f"{e} {where[0].upper() + where[1:]}.") from None
+        row.update(run.validate(epoch))
         row["seconds"] = round(time.perf_counter() - started, 2)
         history.append(row)
         row.update(health_report(history, t["adversarial_loss"]))
         out_of_time = deadline is not None and time.monotonic() >= deadline
-        save_now = epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time
-        if save_now:
-            if out["samples_per_save"]:
-                write_samples(generator, sample_noise, Path(out["music_out_folder"]) / f"epoch_{epoch}", sample_rate,
-                              autocast)
+        if epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time:
+            if sample_noise is not None:
+                write_samples(run.sampler, sample_noise.to(run.device), Path(out["music_out_folder"]) / f"epoch_{epoch}",
+                              run.sample_rate, run.autocast)
             row["checkpoint"] = True
-            save(epoch)
+            run.save(epoch, history)
             last_saved = epoch
-        write_metrics(history, folder)
-        log(f"epoch {epoch}: D {row.get('d/total', float('nan')):.4f}  G {row.get('g/total', float('nan')):.4f}  "
-            f"Recon {row.get('g/recon', float('nan')):.4f}  "
-            + (f"val D acc real/fake {row['val/d_accuracy_real']:.2f}/{row['val/d_accuracy_fake']:.2f}  "
-               if "val/d_accuracy_real" in row else "")
-            + (f"Fréchet {row['val/frechet']:.1f}  " if "val/frechet" in row else "")
-            + f"{row['seconds']:.1f}s" + ("  [saved]" if save_now else ""))
-        log(f"  health: D: {row['health/d']} | G: {row['health/g']} | Recon: {row['health/recon']} | "
-            f"{row['health/oscillation']}")
+        write_metrics(history, run.folder, panels=gan_panels(t["adversarial_loss"]))
+        log_epoch(row, log)
         if out_of_time:
             log(f"time budget of {t['time_budget_minutes']:g} minutes used up after epoch {epoch}")
             break

@@ -52,6 +52,43 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path} has format_version {state['format_version']}; this MusiGAN reads version 1")
     return state
 
+
+def load_generator(folder, epoch, device):
+    """(generator in eval mode, its config, its epoch) from folder/generator_epoch_{epoch}.pt; epoch may be 'latest'.
+    A latent run's generator comes with its EMA weights, which sample better than the live ones."""
+    from config_reader import config_from_checkpoint
+    from piano_model import build_generator
+
+    epochs = checkpoint_epochs(folder, "generator")
+    if not epochs:
+        raise CheckpointError(f"no generator checkpoints in {folder}; train first with python piano_main.py")
+    if epoch == "latest":
+        epoch = epochs[-1]
+    if epoch not in epochs:
+        raise CheckpointError(f"no generator of epoch {epoch} in {folder}; epochs there: {', '.join(map(str, epochs))}")
+    path = checkpoint_path(folder, "generator", epoch)
+    state = load_checkpoint(path)
+    config = config_from_checkpoint(state["config"], source=f"the config inside {path}")
+    generator = build_generator(config)
+    try:
+        generator.load_state_dict(state.get("ema_state_dict") or state["model_state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the generator its own config describes "
+                              f"({str(e).splitlines()[0][:200]})") from e
+    return generator.to(device).eval(), config, epoch
+
+
+def run_folder(checkpoint_folder=None, config=None):
+    """The run's checkpoint folder: --checkpoint-folder, else the output.checkpoint_folder of --config
+    (default config.yaml, or checkpoints/config.yaml when there is no config.yaml here)."""
+    from config_reader import load_config_from_yaml
+
+    if checkpoint_folder:
+        return Path(checkpoint_folder)
+    config_path = Path(config or ("config.yaml" if Path("config.yaml").exists() else "checkpoints/config.yaml"))
+    return Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
+
+
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
 

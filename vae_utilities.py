@@ -115,14 +115,14 @@ def vae_mismatch(saved, config):
 def read_vae_checkpoint(path, config=None):
     """The checkpoint dict of a vae.pt, loaded to the CPU. A file that is not a VAE checkpoint is refused; with
     `config`, so is a VAE of another shape, sample rate or channel count, with a CheckpointError naming the key."""
-    from config_reader import validate
+    from config_reader import config_from_checkpoint
 
     state = load_checkpoint(path)
     if state.get("kind") != "vae":
         raise CheckpointError(f"{path} is not a VAE checkpoint (it is a MusiGAN {state.get('kind', 'GAN')} "
                               f"checkpoint); name a vae.pt written by piano_main.py, or move it away")
     if config is not None:
-        problems = vae_mismatch(validate(state["config"], source=f"the config inside {path}"), config)
+        problems = vae_mismatch(config_from_checkpoint(state["config"], source=f"the config inside {path}"), config)
         if problems:
             raise CheckpointError(f"the VAE at {path} does not fit the config: " + "; ".join(problems)
                                   + ". Set those keys to the checkpoint's values (its run folder's config.yaml has "
@@ -132,10 +132,10 @@ def read_vae_checkpoint(path, config=None):
 
 def vae_from_checkpoint(state, path, device="cpu"):
     """The VAE (in eval mode) that a checkpoint dict from read_vae_checkpoint holds."""
-    from config_reader import validate
+    from config_reader import config_from_checkpoint
     from piano_encoder_decoder import vae_from_config
 
-    saved = validate(state["config"], source=f"the config inside {path}")
+    saved = config_from_checkpoint(state["config"], source=f"the config inside {path}")
     vae = vae_from_config(saved["vae"], saved["model"]["sound_channels"])
     try:
         vae.load_state_dict(state["model_state_dict"])

@@ -1,17 +1,21 @@
 """Compare training recipes at the same wall-clock budget on real music; write docs/experiments.md.
 
-    python bench/experiment.py                                   # Debian's asc-music, 4 minutes per recipe
-    python bench/experiment.py --music ~/Music --minutes 10 --recipes seed hinge_msd_stft
+    python bench/experiment.py                                   # Debian's asc-music, 30 minutes per recipe
+    python bench/experiment.py --music ~/Music --minutes 10 --recipes latent seed
+    python bench/experiment.py --recipes latent bce_stft --reuse # re-measure runs already in runs/experiments
 
 Prepares the music (12 kHz, 30 s clips, 3 s chunks, one song held out), trains each recipe with a
-CPU-sized model for --minutes (pretraining included, training.time_budget_minutes), then measures the
-Fréchet distance of its last generator to the held-out song with evaluate.py, and writes audio samples
-(ranked by that recipe's discriminator). Results go to docs/experiments.md and, as JSON, to the last line.
+CPU-sized model for --minutes (pretraining included, training.time_budget_minutes), then measures its
+last generator against the held-out song with evaluate.py (Fréchet distance, spectral motion, diversity),
+beside real references (other real songs; the held-out song low-passed at 1 kHz), and writes audio
+(ranked by that recipe's discriminator). Results go between the experiment markers of docs/experiments.md,
+into each run folder's result.json and, as JSON, to the last line.
 """
 
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -19,26 +23,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The model every recipe trains: small enough to learn something in minutes on 2 CPU cores.
+# What every recipe shares: the data, the epochs' length, evaluation and saving.
 BASE = [
     "data.sample_rate=12000", "data.batch_size=8", "data.num_workers=0", "data.steps_per_epoch=25",
+    "training.epochs=100000", "training.eval_every=5", "training.eval_samples=16",
+    "output.save_after_nepochs=100000", "output.samples_per_save=0",
+]
+# The seed's end-to-end generator, CPU-sized: what the recipes before the latent GAN trained (vae.enabled false).
+SEED_SIZE = [
     "model.n_channels=48", "model.seq_len=6000", "model.latent_seq_len=60", "model.latent_dim=96", "model.num_heads=4",
-    "model.num_layers=1", "model.num_of_gaussians=4", "model.noise_dim=6000",
-    "discriminator.n_channels=32", "discriminator.width=16",
-    "training.epochs=10000", "training.keys=12", "training.eval_every=5", "training.eval_samples=16",
-    "output.save_after_nepochs=1000", "output.samples_per_save=0",
+    "model.num_layers=1", "model.num_of_gaussians=4", "model.noise_dim=6000", "discriminator.n_channels=32",
+    "discriminator.width=16", "training.keys=12",
+]
+# The latent GAN, CPU-sized: a VAE trained for a third of the budget, then a small transformer generator.
+LATENT_SIZE = [
+    "vae.epochs=100000", "vae.time_budget_minutes=12", "data.steps_per_epoch=50", "training.eval_every=10",
+    "model.latent_seq_len=64", "model.latent_dim=128", "model.num_heads=4", "model.num_layers=3", "model.context=8",
+    "model.noise_dim=32", "model.style_dim=32", "training.batch_size=32", "discriminator.n_channels=128",
 ]
 NO_D_STATS = ["loss_weights.d_melody=0", "loss_weights.d_silence=0", "loss_weights.d_std=0", "loss_weights.d_kl_songs=0"]
-RECIPES = {
-    "seed": [],  # bce, the seed's discriminator, recon x2 + adversarial x20 + KL, D's statistic terms
-    "bce_stft": ["loss_weights.adversarial=1", "loss_weights.stft=1", *NO_D_STATS],
-    "hinge_msd_stft": ["training.adversarial_loss=hinge", "discriminator.use_waveform_mdisc=false",
-                       "discriminator.multi_scale=true", "discriminator.multi_resolution_stft=true",
-                       "loss_weights.adversarial=1", "loss_weights.feature_matching=2", "loss_weights.stft=1",
-                       *NO_D_STATS],
-    "lsgan_mdisc_stft": ["training.adversarial_loss=lsgan", "discriminator.multi_resolution_stft=true",
-                         "loss_weights.adversarial=1", "loss_weights.feature_matching=2", "loss_weights.stft=1",
-                         *NO_D_STATS],
+RECIPES = {  # name: (config file, overrides)
+    "latent": ("config.yaml", LATENT_SIZE),  # the default: hinge + adaptive R1 on latents, EMA generator
+    "latent_audio_d": ("config.yaml", [*LATENT_SIZE, "discriminator.multi_resolution_stft=true"]),
+    "bce_stft": ("configs/seed.yaml", [*SEED_SIZE, "loss_weights.adversarial=1", "loss_weights.stft=1", *NO_D_STATS]),
+    "seed": ("configs/seed.yaml", SEED_SIZE),  # bce, recon x2 + adversarial x20 + KL, D's statistic terms
+}
+DESCRIPTIONS = {
+    "latent": "the new default: VAE, then a local-attention transformer writing latents, judged on latents (hinge, adaptive R1, EMA)",
+    "latent_audio_d": "the same, plus a multi-resolution STFT discriminator on the decoded audio",
+    "bce_stft": "the previous default: the seed's end-to-end generator with BCE, unpaired recon x2 and STFT x1",
+    "seed": "the seed's recipe exactly (configs/seed.yaml)",
 }
 
 
@@ -54,9 +68,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--music", default="/usr/share/games/asc/music", help="folder of mp3s (default: Debian's asc-music)")
     parser.add_argument("--work", default="runs/experiments", help="where data, runs and audio go (default: runs/experiments)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per recipe (default: 4)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per recipe (default: 30)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes to run")
-    parser.add_argument("--report", default="docs/experiments.md", help="where the results table goes")
+    parser.add_argument("--reuse", action="store_true",
+                        help="a recipe whose run folder exists is not trained again, only evaluated (to add recipes "
+                             "to a report, or to re-measure runs made in parallel)")
+    parser.add_argument("--report", default="docs/experiments.md", help="the file whose experiment block is rewritten")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args()
 
@@ -68,78 +85,146 @@ def main():
     if not (work / "dataset" / "dataset.json").exists():
         run([python, "create_dataset.py", work / "prepared", "--out", work / "dataset", "--chunk-seconds", "3",
              "--val-fraction", "0.34"], log)
+    references = reference_scores(work / "dataset")
     results = {}
     for name in args.recipes:
         folder = work / name
-        overrides = [*BASE, f"data.dataset_dir={work / 'dataset'}", f"output.checkpoint_folder={folder / 'checkpoints'}",
-                     f"output.music_out_folder={folder / 'samples'}", f"training.time_budget_minutes={args.minutes}",
-                     *RECIPES[name]]
-        if (folder / "checkpoints").exists():
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
-        started = time.monotonic()
-        run([python, "piano_main.py", "--device", args.device, *[a for o in overrides for a in ("--set", o)]], log)
-        seconds = time.monotonic() - started
-        with open(folder / "checkpoints" / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        out = subprocess.run([python, "evaluate.py", "--epoch", "latest", "--checkpoint-folder", folder / "checkpoints",
-                              "--samples", "48"], capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            raise SystemExit(f"evaluate.py failed for {name}:\n{out.stderr}")
-        evaluation = json.loads(out.stdout.strip().splitlines()[-1])
-        run([python, "generate.py", "--epoch", "latest", "--checkpoint-folder", folder / "checkpoints", "--count", "12",
-             "--seconds", "8", "--rank-by-discriminator", "3", "--out", folder / "audio", "--device", args.device], log)
-        last = rows[-1]
-        results[name] = {
-            "frechet": round(evaluation["frechet"], 1),
-            "gaps": {k: round(v["wasserstein"], 4) for k, v in evaluation["gaps"].items()},
-            "epochs": int(last["epoch"]), "seconds_per_epoch": round(sum(float(r["seconds"]) for r in rows) / len(rows), 1),
-            "wall_seconds": round(seconds), "health": {k: last[k] for k in last if k.startswith("health/")},
-            "val_d_accuracy_real": last.get("val/d_accuracy_real"), "frechet_during": [
-                (int(r["epoch"]), round(float(r["val/frechet"]), 1)) for r in rows if r.get("val/frechet")],
-            "audio": sorted(str(p.relative_to(ROOT)) for p in (folder / "audio").glob("*.wav")),
-            "overrides": RECIPES[name],
-        }
+        config, recipe = RECIPES[name]
+        overrides = [*BASE, *recipe, f"data.dataset_dir={work / 'dataset'}",
+                     f"output.checkpoint_folder={folder / 'checkpoints'}", f"output.music_out_folder={folder / 'samples'}",
+                     f"training.time_budget_minutes={args.minutes}"]
+        seconds = None
+        if not (args.reuse and (folder / "checkpoints").exists()):
+            if (folder / "checkpoints").exists():
+                subprocess.run(["rm", "-rf", str(folder)], check=True)
+            started = time.monotonic()
+            run([python, "piano_main.py", "--config", config, "--device", args.device,
+                 *[a for o in overrides for a in ("--set", o)]], log)
+            seconds = time.monotonic() - started
+        results[name] = measure(name, folder, args, log)
+        results[name]["wall_seconds"] = round(seconds) if seconds else None
+        (folder / "result.json").write_text(json.dumps(results[name], indent=1))
         print(f"{name}: Fréchet {results[name]['frechet']}, {results[name]['epochs']} epochs", flush=True)
-    write_report(results, args, ROOT / args.report)
+    write_report(results, references, args, ROOT / args.report)
     print(json.dumps({name: {"frechet": r["frechet"], "epochs": r["epochs"]} for name, r in results.items()}))
 
 
-def write_report(results, args, path):
+def reference_scores(dataset):
+    """evaluate.py's figures for real audio: held-out chunks against training chunks (other real songs), and
+    against themselves low-passed at 1 kHz. What a recipe's Fréchet distance is read against."""
+    import numpy as np
+    from scipy.signal import butter, sosfiltfilt
+
+    from create_dataset import load_dataset_info
+    from evaluate import compare, validation_clips
+    from piano_model import AudioDataset
+
+    info = load_dataset_info(dataset)
+    val = validation_clips(AudioDataset.from_dataset_dir(dataset, "validation", info["chunk_samples"],
+                                                         normalization="peak"), 48)
+    train = validation_clips(AudioDataset.from_dataset_dir(dataset, "training", info["chunk_samples"], random_crop=False,
+                                                           normalization="peak"), 48)
+    sos = butter(8, 1000, fs=info["sample_rate"], output="sos")
+    low = [sosfiltfilt(sos, clip).astype(np.float32) for clip in val]
+    other = compare(val, train, info["sample_rate"])
+    low_passed = compare(val, low, info["sample_rate"])
+    return {"other_real": round(other["frechet"], 1), "low_passed_1khz": round(low_passed["frechet"], 1),
+            "motion_real": round(other["spectral_motion_db"]["real"], 2),
+            "diversity_real": {k: round(v["real"], 3) for k, v in other["diversity"].items()}}
+
+
+def measure(name, folder, args, log):
+    """evaluate.py and generate.py on a recipe's last checkpoint; one clip and its picture into docs."""
+    python = sys.executable
+    with open(folder / "checkpoints" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    out = subprocess.run([python, "evaluate.py", "--epoch", "latest", "--checkpoint-folder", folder / "checkpoints",
+                          "--samples", "48"], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"evaluate.py failed for {name}:\n{out.stderr}")
+    evaluation = json.loads(out.stdout.strip().splitlines()[-1])
+    subprocess.run(["rm", "-rf", str(folder / "audio")], check=True)
+    run([python, "generate.py", "--epoch", "latest", "--checkpoint-folder", folder / "checkpoints", "--count", "12",
+         "--seconds", "8", "--rank-by-discriminator", "3", "--out", folder / "audio", "--device", args.device], log)
+    audio = sorted((folder / "audio").glob("*.wav"))
+    listen = ROOT / "docs" / "experiment_audio"
+    listen.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(audio[0], listen / f"{name}.wav")
+    shutil.copyfile(audio[0].with_suffix(".png"), listen / f"{name}.png")
+    last = rows[-1]
+    seconds = [float(r["seconds"]) for r in rows]
+    return {
+        "frechet": round(evaluation["frechet"], 1),
+        "motion": {k: round(v, 2) for k, v in evaluation["spectral_motion_db"].items()},
+        "lines_db": {k: [round(v[0], 1), round(v[1])] for k, v in evaluation["tonal_lines_db"].items()},
+        "diversity": {k: {s: round(x, 3) for s, x in v.items()} for k, v in evaluation["diversity"].items()},
+        "gaps": {k: round(v["wasserstein"], 4) for k, v in evaluation["gaps"].items()},
+        "epochs": int(last["epoch"]), "seconds_per_epoch": round(sum(seconds) / len(seconds), 1),
+        "health": {k: last[k] for k in last if k.startswith("health/")},
+        "val_d_accuracy": [last.get("val/d_accuracy_real"), last.get("val/d_accuracy_fake")],
+        "frechet_during": [(int(r["epoch"]), round(float(r["val/frechet"]), 1)) for r in rows if r.get("val/frechet")],
+        "audio": [str(p.relative_to(ROOT)) for p in audio],
+    }
+
+
+BEGIN, END = "<!-- experiment:begin -->", "<!-- experiment:end -->"
+
+
+def write_report(results, references, args, path):
+    """Rewrite the block between BEGIN and END in `path` (the rest of the file, read by hand, stays)."""
     best = min(results, key=lambda n: results[n]["frechet"])
+    rd = references["diversity_real"]
     lines = [
+        BEGIN,
         "# Experiment: which recipe makes the most music-like audio?",
         "",
         f"Made by `python bench/experiment.py --minutes {args.minutes:g} --device {args.device}` on "
         f"{time.strftime('%Y-%m-%d')}.",
-        f"- Music: `{args.music}`, resampled to 12 kHz stereo, cut into 30 s clips and 3 s chunks. One song is held out for validation.",
-        f"- Budget: each recipe trains for {args.minutes:g} minutes of wall clock, pretraining included "
+        f"- Music: `{args.music}`, 12 kHz stereo, 30 s clips, 3 s chunks; one song held out for validation.",
+        f"- Budget: {args.minutes:g} minutes of wall clock per recipe, pretraining (the VAE included) counted "
         "(`training.time_budget_minutes`).",
-        "- Model: the same CPU-sized generator for every recipe (see `BASE` in `bench/experiment.py`).",
-        "- Metric: `evaluate.py`, the Fréchet distance between 48 generated clips and 48 held-out chunks, on "
-        "log-mel, MFCC, chroma and spectral-contrast statistics of ~1 s windows. Lower is closer.",
+        "- Metric: `evaluate.py --epoch latest --samples 48`: Fréchet distance between 48 generated 3 s clips and 48 "
+        "held-out 3 s chunks on log-mel, MFCC, chroma and spectral-contrast statistics of ~1 s windows (lower is "
+        "closer); spectral motion (dB); diversity between clips (average-spectrum distance in dB, onset-rhythm "
+        "distance).",
+        f"- Real references on the same held-out chunks: other real songs (the training set) **{references['other_real']}**; "
+        f"the held-out chunks low-passed at 1 kHz **{references['low_passed_1khz']}**; their spectral motion "
+        f"{references['motion_real']} dB; their diversity {rd['spectrum_db']} dB / {rd['onset_autocorr']}.",
         "",
-        "| recipe | Fréchet | RMS gap (dB) | centroid gap (Hz) | flatness gap | epochs | s/epoch | D health | G health | Recon health | D acc. on real |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | Fréchet | motion dB (real) | spectrum diversity dB (real) | rhythm diversity (real) | "
+        "lines dB @ Hz (real) | epochs | s/epoch | val D acc real/fake | health |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in sorted(results.items(), key=lambda item: item[1]["frechet"]):
-        h = r["health"]
-        lines.append(f"| **{name}** | {r['frechet']} | {r['gaps']['rms_db']} | {r['gaps']['centroid_hz']} | "
-                     f"{r['gaps']['flatness']} | {r['epochs']} | {r['seconds_per_epoch']} | {h.get('health/d', '')} | "
-                     f"{h.get('health/g', '')} | {h.get('health/recon', '')} | {r['val_d_accuracy_real']} |")
-    lines += ["", "## The recipes (overrides on top of the shared model)", ""]
-    for name, r in results.items():
-        lines.append(f"- **{name}**: `{' '.join(r['overrides']) or '(the seed recipe: config defaults)'}`")
-    lines += ["", "## Fréchet distance during training (every 5 epochs, 16 clips)", ""]
+        h, d = r["health"], r["diversity"]
+        verdict = h.get("health/verdict") or f"D: {h.get('health/d', '')}; G: {h.get('health/g', '')}"
+        accuracy = "/".join(f"{float(a):.2f}" if a not in (None, "") else "-" for a in r["val_d_accuracy"])
+        lines.append(f"| **{name}** | {r['frechet']} | {r['motion']['fake']} ({r['motion']['real']}) | "
+                     f"{d['spectrum_db']['fake']} ({d['spectrum_db']['real']}) | {d['onset_autocorr']['fake']} "
+                     f"({d['onset_autocorr']['real']}) | {r['lines_db']['fake'][0]} @ {r['lines_db']['fake'][1]} "
+                     f"({r['lines_db']['real'][0]}) | {r['epochs']} | {r['seconds_per_epoch']} | {accuracy} | {verdict} |")
+    lines += ["", "## The recipes", ""]
+    for name in results:
+        config, overrides = RECIPES[name]
+        lines.append(f"- **{name}**: {DESCRIPTIONS[name]}. `--config {config}` with `{' '.join(overrides)}` "
+                     f"(and `{' '.join(BASE)}`)")
+    lines += ["", "## Fréchet distance during training (16 clips, against validation chunks)", ""]
     for name, r in results.items():
         lines.append(f"- {name}: " + ", ".join(f"epoch {e}: {v}" for e, v in r["frechet_during"]))
-    lines += ["", "## Audio it produced (8 s each, the 3 its discriminator rated most real of 12)", ""]
-    for name, r in results.items():
-        lines.append(f"- {name}: " + ", ".join(f"`{a}`" for a in r["audio"]))
-    lines += ["", f"Lowest Fréchet distance: **{best}**.", "",
-              "## Rerun", "", "```bash", "sudo apt-get install -y asc-music   # three stereo mp3s",
-              f"python bench/experiment.py --minutes {args.minutes:g}", "```", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    lines += ["", "## Listen and look", "",
+              "The clip each recipe's discriminator rated most real of 12 (8 s), and its spectrogram:", ""]
+    for name in results:
+        lines.append(f"- {name}: `docs/experiment_audio/{name}.wav`, ![{name}](experiment_audio/{name}.png)")
+    lines += ["", f"Lowest Fréchet distance: **{best}**.", "", "Rerun:", "", "```bash",
+              "sudo apt-get install -y asc-music   # three stereo mp3s",
+              f"python bench/experiment.py --minutes {args.minutes:g}", "```", END]
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = "\n".join(lines)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = block + "\n\n" + text
+    path.write_text(text, encoding="utf-8")
     print(f"wrote {path}")
 
 

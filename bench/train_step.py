@@ -1,12 +1,15 @@
-"""Benchmark one adversarial iteration of MusiGAN on the CPU, at the seed config.
+"""Benchmark one adversarial iteration of MusiGAN on the CPU: the latent GAN at config.yaml's size, and the seed's.
 
-    python bench/train_step.py                         # seed config, batch 8, 2 threads, fp32 and bf16
-    python bench/train_step.py --iters 10 --malloc-threshold-mib 0
-    python bench/train_step.py --quality 60            # also train 60 iterations in each precision and compare
+    python bench/train_step.py                         # both, 2 threads, fp32 and bf16
+    python bench/train_step.py --arch latent --iters 20
+    python bench/train_step.py --arch seed --iters 10 --malloc-threshold-mib 0
+    python bench/train_step.py --arch seed --quality 60   # also train 60 iterations in each precision and compare
 
-An iteration is what the seed counted: 2 generator updates and 1 discriminator update, with the seed's
-loss terms (recon x2, adversarial BCE x20, KL x5e-5 for G; BCE plus the silence, melody, std and
-kl_songs terms for D). Each precision runs in its own process, so each peak RSS is its own. Printed:
+latent: one latent_train_step at config.yaml's size (training.batch_size windows of model.latent_seq_len
+frames): the generator's fakes, D's hinge update with R1 on the real windows, G's update, and the EMA.
+seed: what the seed counted as an iteration, 2 generator updates and 1 discriminator update at the seed
+config (--batch chunks of --seq-len samples), with the seed's loss terms (recon x2, adversarial BCE x20,
+KL x5e-5 for G; BCE plus the silence, melody, std and kl_songs terms for D). Each precision runs in its own process, so each peak RSS is its own. Printed:
 seconds per iteration (median after 2 warm-up iterations), samples/s, peak RSS, FLOPs per iteration
 (torch.utils.flop_counter), achieved GFLOP/s, and the matmul peak measured in the same run. The last
 line is JSON.
@@ -60,7 +63,6 @@ def music_batch(batch, seq_len, seed):
 def child(args):
     """Measure one precision in this process; print its figures as JSON."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from discriminator import Discriminator_with_mdisc
     from loss_functions import SEED_LOSS_WEIGHTS
@@ -74,23 +76,60 @@ def child(args):
         limit_heap_fragmentation(args.malloc_threshold_mib)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if args.child == "bf16" else None
+    if args.arch == "latent":
+        step, target, samples = latent_step(autocast)
+        return measure(step, target, args, {"mode": args.child, "arch": "latent", "samples": samples})
     model = {**SEED_MODEL_CONFIG, "seq_len": args.seq_len}
     generator = VariationalAttentionModel(**model)
     disc = Discriminator_with_mdisc(2, model["n_channels"], model["seq_len"])
     optim_g = torch.optim.Adam(generator.parameters(), 1e-4, betas=(0.5, 0.9))
     optim_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
-    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if args.child == "bf16" else None
     step = partial(train_step, generator, disc, optim_g, optim_d, weights=SEED_LOSS_WEIGHTS, smoothing=0.1,
                    autocast=autocast)
 
-    result = {"mode": args.child}
+    result = {"mode": args.child, "arch": "seed", "samples": args.batch}
     if args.quality:  # the same data and initialization in both precisions
         history = [step(music_batch(args.batch, model["seq_len"], seed=i % 8 * args.batch)) for i in range(args.quality)]
         result["history"] = history
         print(json.dumps(result))
         return
 
-    target = music_batch(args.batch, model["seq_len"], seed=0)
+    return measure(step, music_batch(args.batch, model["seq_len"], seed=0), args, result)
+
+
+def latent_step(autocast):
+    """One latent GAN iteration at config.yaml's size, as GANRun takes it: (step, real windows, batch size)."""
+    import copy
+
+    import torch
+
+    from config_reader import defaults
+    from discriminator import build_discriminator
+    from piano_model import build_generator
+    from piano_train import ema_update, latent_train_step
+
+    config = defaults()
+    generator, disc = build_generator(config), build_discriminator(config)
+    ema = copy.deepcopy(generator)
+    optim_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], 1e-4, betas=(0.5, 0.9))
+    optim_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
+    t = config["training"]
+
+    def step(real):
+        logs = latent_train_step(generator, disc, optim_g, optim_d, real, kind=t["adversarial_loss"],
+                                 r1_weight=t["r1_weight"], autocast=autocast)
+        ema_update(ema, generator, t["ema_decay"])
+        return logs
+
+    real = torch.randn(t["batch_size"], config["model"]["latent_seq_len"], config["vae"]["latent_dim"])
+    return step, real, t["batch_size"]
+
+
+def measure(step, target, args, result):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     for _ in range(2):
         step(target)
     times = []
@@ -106,8 +145,8 @@ def child(args):
     print(json.dumps(result))
 
 
-def run_child(mode, args, quality=0):
-    command = [sys.executable, __file__, "--child", mode, "--batch", str(args.batch), "--threads", str(args.threads),
+def run_child(mode, args, quality=0, arch="seed"):
+    command = [sys.executable, __file__, "--child", mode, "--arch", arch, "--batch", str(args.batch), "--threads", str(args.threads),
                "--iters", str(args.iters), "--seq-len", str(args.seq_len), "--quality", str(quality)]
     if args.malloc_threshold_mib is not None:
         command += ["--malloc-threshold-mib", str(args.malloc_threshold_mib)]
@@ -150,35 +189,42 @@ def main():
                              "glibc's default for bf16)")
     parser.add_argument("--quality", type=int, default=0,
                         help="also train this many iterations in fp32 and in bf16 and compare the losses (default: 0, off)")
+    parser.add_argument("--arch", choices=["latent", "seed", "both"], default="both",
+                        help="which generator's iteration to time (default: both)")
     parser.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    results = {}
-    for mode in ("fp32", "bf16"):
-        results[mode] = run_child(mode, args)
     threshold = {None: "as training sets it", 0: "glibc's default"}.get(args.malloc_threshold_mib,
                                                                         f"{args.malloc_threshold_mib} MiB")
-    print(f"seed config, batch {args.batch}, {args.threads} threads, malloc threshold: {threshold}")
-    print(f"{'precision':<11}{'s/iter':>8}{'samples/s':>11}{'GFLOP/iter':>12}{'GFLOP/s':>9}{'matmul peak':>13}"
-          f"{'peak RSS MiB':>14}   iterations (s)")
-    for mode, r in results.items():
-        print(f"{mode:<11}{r['seconds']:>8.2f}{args.batch / r['seconds']:>11.2f}{r['flops'] / 1e9:>12.1f}"
-              f"{r['flops'] / 1e9 / r['seconds']:>9.0f}{r['matmul_gflops']:>13.0f}{r['peak_rss_mib']:>14.0f}   "
-              f"{r['all_seconds']}")
-    print("seed implementation: 7.0-7.4 s/iter, 2.6 GB; targets: bf16 <= 2.4 s, fp32 <= 4.0 s, RSS <= 900 MiB")
-    quality = compare_quality(args) if args.quality else None
-    summary = {
-        "seconds_per_iter_fp32": round(results["fp32"]["seconds"], 3),
-        "seconds_per_iter_bf16": round(results["bf16"]["seconds"], 3),
-        "peak_rss_mib": round(max(r["peak_rss_mib"] for r in results.values()), 1),
-        "gflop_per_iter": round(results["fp32"]["flops"] / 1e9, 1),
-        "matmul_peak_gflops": round(results["fp32"]["matmul_gflops"], 1),
-        "matmul_peak_gflops_bf16": round(results["bf16"]["matmul_gflops"], 1),
-    }
-    if quality:
-        summary["quality"] = quality
+    summary = {}
+    for arch in (["latent", "seed"] if args.arch == "both" else [args.arch]):
+        results = {mode: run_child(mode, args, arch=arch) for mode in ("fp32", "bf16")}
+        size = ("config.yaml's latent GAN, batch of 32 windows" if arch == "latent"
+                else f"seed config, batch {args.batch}")
+        print(f"{size}, {args.threads} threads, malloc threshold: {threshold}")
+        print(f"{'precision':<11}{'s/iter':>8}{'samples/s':>11}{'GFLOP/iter':>12}{'GFLOP/s':>9}{'of peak':>9}"
+              f"{'matmul peak':>13}{'peak RSS MiB':>14}   iterations (s)")
+        for mode, r in results.items():
+            achieved = r["flops"] / 1e9 / r["seconds"]
+            print(f"{mode:<11}{r['seconds']:>8.3f}{r['samples'] / r['seconds']:>11.1f}{r['flops'] / 1e9:>12.2f}"
+                  f"{achieved:>9.1f}{achieved / r['matmul_gflops']:>9.0%}{r['matmul_gflops']:>13.0f}"
+                  f"{r['peak_rss_mib']:>14.0f}   {r['all_seconds']}")
+        if arch == "seed":
+            print("seed implementation: 7.0-7.4 s/iter, 2.6 GB; targets: bf16 <= 2.4 s, fp32 <= 4.0 s, RSS <= 900 MiB")
+        summary[arch] = {
+            "seconds_per_iter_fp32": round(results["fp32"]["seconds"], 4),
+            "seconds_per_iter_bf16": round(results["bf16"]["seconds"], 4),
+            "peak_rss_mib": round(max(r["peak_rss_mib"] for r in results.values()), 1),
+            "gflop_per_iter": round(results["fp32"]["flops"] / 1e9, 2),
+            "fraction_of_matmul_peak_fp32": round(results["fp32"]["flops"] / 1e9 / results["fp32"]["seconds"]
+                                                  / results["fp32"]["matmul_gflops"], 3),
+            "matmul_peak_gflops": round(results["fp32"]["matmul_gflops"], 1),
+            "matmul_peak_gflops_bf16": round(results["bf16"]["matmul_gflops"], 1),
+        }
+    if args.quality:
+        summary["quality"] = compare_quality(args)
     print(json.dumps(summary))
 
 

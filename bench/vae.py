@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiment import run  # noqa: E402  (bench/ is on the path of a script run from it)
 from evaluate import compare, loudness_pulse, spectral_motion_db, tonal_lines_db  # noqa: E402
-from config_reader import validate  # noqa: E402
+from config_reader import config_from_checkpoint  # noqa: E402
 from piano_pretrain import VAE_STFT_SIZES, vae_segment  # noqa: E402
 from prepare_dataset import decode_audio  # noqa: E402
 from vae_utilities import VAE_FILE, load_vae  # noqa: E402
@@ -114,7 +114,7 @@ def measure(work, folder, music, info, log):
         decode_rtf = real_time_factor(lambda: vae.decoder(z), seconds)
         encode_rtf = real_time_factor(lambda: vae.encoder(x), seconds)
     rows = list(csv.DictReader(open(folder / "vae_metrics.csv")))
-    segment = vae_segment(validate(state["config"]))
+    segment = vae_segment(config_from_checkpoint(state["config"], source=str(folder / VAE_FILE)))
     flops = training_gflop_per_audio_second(vae, segment, state["config"]["data"]["batch_size"])
     throughput = statistics.median(float(r["audio_seconds_per_second"]) for r in rows)
     peak_gflops = matmul_peak_gflops()

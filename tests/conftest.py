@@ -68,20 +68,38 @@ def dataset(tmp_path_factory):
     return root / "dataset"
 
 
+# The generators at test size. The tiny VAE below writes 31 latent frames per 0.5 s chunk (62 per pair).
+TINY_LATENT_MODEL = {"seq_len": 2000, "latent_seq_len": 16, "latent_dim": 16, "num_heads": 2, "num_layers": 1,
+                     "context": 4, "noise_dim": 8, "style_dim": 4}
+TINY_SEED_MODEL = {"architecture": "seed", "n_channels": 16, "seq_len": 2000, "latent_seq_len": 20, "latent_dim": 32,
+                   "num_heads": 4, "num_of_gaussians": 3, "noise_dim": 3000, "dropout": 0.1}
+SEED_LOSSES = {"recon": 2.0, "adversarial": 1.0, "kl": 5e-5, "stft": 1.0}  # the old default recipe (bce_stft)
+
+
+def tiny_seed_config(tmp_path, dataset, **sections):
+    """tiny_config with the seed's end-to-end generator and the old default losses (BCE, recon, STFT)."""
+    sections["model"] = {**TINY_SEED_MODEL, **sections.get("model", {})}
+    sections["loss_weights"] = {**SEED_LOSSES, **sections.get("loss_weights", {})}
+    sections["training"] = {"adversarial_loss": "bce", **sections.get("training", {})}
+    return tiny_config(tmp_path, dataset, **sections)
+
+
 def tiny_config(tmp_path, dataset, **sections):
     """Write a tiny config to tmp_path and return its path; sections override keys of the tiny one."""
     config = {
         "data": {"dataset_dir": str(dataset), "sample_rate": SR, "batch_size": 4, "num_workers": 0},
-        "model": {"n_channels": 16, "seq_len": 2000, "latent_seq_len": 20, "latent_dim": 32, "num_heads": 4,
-                  "num_of_gaussians": 3, "noise_dim": 3000},
+        "model": dict(TINY_LATENT_MODEL),
         "vae": {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1,
                 "epochs": 1},
         "discriminator": {"n_channels": 16},
-        "training": {"epochs": 2, "keys": 8, "pretrain_generator_epochs": 1, "pretrain_discriminator_epochs": 1},
+        "training": {"epochs": 2, "keys": 8, "batch_size": 4, "pretrain_generator_epochs": 1,
+                     "pretrain_discriminator_epochs": 1},
         "output": {"checkpoint_folder": str(tmp_path / "ck"), "music_out_folder": str(tmp_path / "samples"),
                    "save_after_nepochs": 1, "samples_per_save": 2},
     }
     for section, values in sections.items():
+        if section == "model" and values.get("architecture") == "seed":
+            config["model"] = {}  # the latent sizes mean other things to the seed's generator
         config.setdefault(section, {}).update(values)
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"

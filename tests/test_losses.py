@@ -55,31 +55,6 @@ def test_kl_divergence_per_element():
     assert float(L.kl_divergence_loss(torch.zeros(2, 3), torch.zeros(2, 3))) == 0.0
 
 
-def test_no_seconds_loss():
-    x = hand_made()
-    terms = []
-    for b in range(3):
-        for c in range(2):
-            s = segs(x[b, c])
-            terms += [-math.log(float((s[k + 1] - s[k]).abs().sum()) + L.EPS) for k in range(KEYS - 1)]
-    assert float(L.no_seconds_loss(x, KEYS)) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-
-
-def test_no_silence_loss():
-    x = hand_made()
-    logs = [math.log(std_loop(s)) for b in range(3) for c in range(2) for s in segs(x[b, c])]
-    share = sum(math.exp(-(v / 0.05) ** 2) for v in x.flatten().tolist()) / x.numel()
-    assert float(L.no_silence_loss(x, KEYS, threshold=0.05)) == pytest.approx(-sum(logs) / len(logs) + share, rel=1e-5)
-
-
-def test_melody_loss():
-    x = hand_made()
-    shifts = [corr_loop(s[k], s[k + 1]) for b in range(3) for c in range(2) for s in [segs(x[b, c])] for k in range(KEYS - 1)]
-    lr = [corr_loop(x[b, 0], x[b, 1]) for b in range(3)]
-    expected = (1 - sum(shifts) / len(shifts)) + (1 - sum(lr) / len(lr))
-    assert float(L.melody_loss(x, KEYS)) == pytest.approx(expected, rel=1e-5)
-
-
 def melody_stats_loop(x):
     out = []
     for b in range(x.shape[0]):
@@ -100,17 +75,12 @@ def test_statistic_matching_terms(with_logits):
     def std_stats(x):
         return [torch.tensor([[std_loop(s) for s in segs(x[b, c])] for c in range(2)]) for b in range(3)]
 
-    def min_max_stats(x):
-        return [torch.tensor([[[float(s.max()), float(s.min()), float(s.mean())] for s in segs(x[b, c])]
-                              for c in range(2)]) for b in range(3)]
-
     def loud_stats(x):
         return [torch.tensor([float(torch.sigmoid((x[b].abs() - 0.5) / 0.1).mean())]) for b in range(3)]
 
     cases = [
         (L.melody_loss_d(real, fake, logits, keys=KEYS), melody_stats_loop),
         (L.compute_std_loss_d(real, fake, logits, keys=KEYS), std_stats),
-        (L.min_max_stats_loss_d(real, fake, logits, keys=KEYS), min_max_stats),
         (L.silence_loss_d(real, fake, logits), loud_stats),
     ]
     for value, stats in cases:
@@ -184,14 +154,10 @@ def test_feature_matching_and_stft_losses():
 def every_term(real, fake, mu, logvar, logits):
     return {
         "kl": L.kl_divergence_loss(mu, logvar),
-        "no_seconds": L.no_seconds_loss(fake, KEYS),
-        "no_silence": L.no_silence_loss(fake, KEYS),
-        "melody": L.melody_loss(fake, KEYS),
         "melody_d": L.melody_loss_d(real, fake, keys=KEYS),
         "melody_d_logits": L.melody_loss_d(real, fake, logits, keys=KEYS),
         "silence_d": L.silence_loss_d(real, fake),
         "std_d": L.compute_std_loss_d(real, fake, keys=KEYS),
-        "min_max_d": L.min_max_stats_loss_d(real, fake, keys=KEYS),
         "kl_songs_d": L.kl_loss_songs_d(real, fake, bands=8),
         "recon": L.reconstruction_loss(fake, real),
     }
@@ -224,14 +190,19 @@ def test_a_weight_of_zero_skips_the_term():
     assert list(terms) == ["recon"] and float(total) == pytest.approx(2 * float(terms["recon"]))
     total, terms = L.discriminator_loss(real, fake, torch.zeros(2, 1), torch.zeros(2, 1), L.SEED_LOSS_WEIGHTS, keys=KEYS)
     assert sorted(terms) == ["adversarial", "kl_songs", "melody", "silence", "std"]
-    matching = {f"{name}_match": 1.0 for name in L.STATISTIC_TERMS}
-    total, terms = L.generator_loss(fake, real, mu, logvar, torch.zeros(2, 1), matching, keys=KEYS)
-    assert sorted(terms) == sorted(matching) and all(torch.isfinite(v) for v in terms.values())
-    assert float(terms["std_match"]) == pytest.approx(float(L.compute_std_loss_d(real, fake, keys=KEYS)))
+
+
+def test_removed_loss_terms_are_accepted_at_zero_and_refused_otherwise():
+    import config_reader
+
+    old = {"loss_weights": {name: 0.0 for name in L.REMOVED_LOSS_WEIGHTS}}  # an older config.yaml lists them all
+    assert "no_seconds" not in config_reader.validate(old)["loss_weights"]
+    with pytest.raises(ValueError, match="loss_weights.melody is no longer a loss term"):
+        config_reader.validate({"model": {"architecture": "seed"}, "loss_weights": {"melody": 1.0}})
 
 
 TINY = dict(sound_channels=2, n_channels=16, seq_len=600, latent_seq_len=20, latent_dim=32, num_heads=4,
-            num_layers=1, use_gaussians=True, num_of_gaussians=3, dropout=0.1, noise_dim=800)
+            num_layers=1, use_gaussians=True, num_of_gaussians=3, dropout=0.1, noise_dim=800, architecture="seed")
 
 
 @pytest.mark.parametrize("kind", L.ADVERSARIAL_KINDS)

@@ -11,7 +11,7 @@ from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout, upsam
 from piano_model import SEED_MODEL_CONFIG as SEED_CONFIG, VariationalAttentionModel
 
 TINY = dict(sound_channels=2, n_channels=16, seq_len=1000, latent_seq_len=20, latent_dim=32, num_heads=4,
-            num_layers=1, use_gaussians=True, num_of_gaussians=3, dropout=0.1, noise_dim=1500)
+            num_layers=1, use_gaussians=True, num_of_gaussians=3, dropout=0.1, noise_dim=1500, architecture="seed")
 VARIANTS = [
     TINY,
     {**TINY, "n_channels": 24, "seq_len": 997, "noise_dim": 1234},  # nothing divides evenly

@@ -66,9 +66,34 @@ def test_natural_breaks_and_spearman():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, dataset):
     root = tmp_path_factory.mktemp("run")
-    config = tiny_config(root, dataset, training={"epochs": 3, "keys": 8})
+    config = tiny_config(root, dataset, training={"epochs": 3})
     assert piano_main.main(["--config", str(config)]) == 0
     return root, config
+
+
+def test_a_long_piece_has_no_seams(trained_run):
+    """Musika's seam criteria, at every join between the windows the discriminator was trained on."""
+    import torch
+
+    from utilities import load_generator
+
+    root, _ = trained_run
+    generator, config, _ = load_generator(root / "ck", "latest", "cpu")
+    window = generator.latent_seq_len
+    noise = generator.sample_noise(1, frames=12 * window, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        in_blocks = generator.latents(noise, block_frames=window)  # each window computed on its own, with context
+        assert torch.allclose(in_blocks, generator.latents(noise), atol=1e-5)  # ... equals one pass over the piece
+        audio = generator.decode(in_blocks)[0].mean(dim=0).numpy()
+    diff = np.abs(np.diff(audio))
+    typical = np.percentile(diff, 99)
+    fs = generator.frame_samples
+    for join in range(window * fs, len(audio) - window * fs, window * fs):
+        assert diff[join - 2:join + 2].max() <= 3 * typical, join
+        near = audio[join - SR // 40:join + SR // 40]  # 50 ms around the join
+        around = audio[join - SR // 4:join + SR // 4]  # the surrounding 500 ms
+        gap_db = 20 * np.log10(np.sqrt(np.mean(near ** 2)) / np.sqrt(np.mean(around ** 2)))
+        assert abs(gap_db) <= 3, (join, gap_db)
 
 
 def test_the_sweep_writes_its_plot_csv_and_table(trained_run, capsys):
@@ -98,7 +123,7 @@ def test_the_sweep_names_the_epochs_that_exist(trained_run, tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
 def test_generate_writes_playable_files_of_the_asked_length(trained_run, tmp_path, fmt):
     root, config = trained_run
-    # 0.6 s is longer than seq_len (2000 samples = 0.25 s): segments joined by crossfades.
+    # 0.6 s is several of the generator's windows (16 frames of 128 samples = 0.26 s), written in one go.
     assert generate.main(["--config", str(config), "--epoch", "latest", "--count", "2", "--seconds", "0.6",
                           "--format", fmt, "--out", str(tmp_path)]) == 0
     files = sorted(tmp_path.glob(f"*.{fmt}"))
@@ -107,7 +132,7 @@ def test_generate_writes_playable_files_of_the_asked_length(trained_run, tmp_pat
         audio, rate = soundfile.read(path)
         assert rate == SR and audio.shape[1] == 2
         assert abs(len(audio) - 0.6 * SR) <= (1152 if fmt == "mp3" else 0)  # mp3 frames may pad the end
-        assert np.abs(audio).max() <= 1.0 and np.abs(audio).max() > 0.5
+        assert np.abs(audio).max() <= (1.05 if fmt == "mp3" else 1.0) and np.abs(audio).max() > 0.5  # mp3 may overshoot
         assert path.with_suffix(".png").stat().st_size > 10_000
 
 
@@ -135,9 +160,9 @@ def test_crossfade_join_keeps_length_and_level():
 
 
 def test_the_demo_runs_end_to_end_with_a_tiny_preset(tmp_path, capsys):
-    overrides = ["training.epochs=1", "data.steps_per_epoch=2", "training.pretrain_generator_epochs=0",
-                 "training.pretrain_discriminator_epochs=1", "model.seq_len=3000", "model.noise_dim=3000",
-                 "model.latent_seq_len=30", "vae.epochs=1", "vae.width=16", "vae.layers=1"]
+    overrides = ["training.epochs=1", "data.steps_per_epoch=2", "training.pretrain_discriminator_epochs=1",
+                 "model.seq_len=3000", "model.latent_seq_len=20", "model.num_layers=1", "vae.epochs=1",
+                 "vae.width=16", "vae.layers=1"]
     code = demo.run_demo(tmp_path, overrides, song_seconds=9, clip_seconds=4, chunk_seconds=1,
                          songs=["ode_to_joy", "twinkle_twinkle", "greensleeves"])
     assert code == 0

@@ -12,7 +12,7 @@ import config_reader
 import loss_functions
 import piano_main
 import piano_train
-from conftest import SR, tiny_config
+from conftest import SR, tiny_config, tiny_seed_config
 from discriminator import Discriminator_with_mdisc
 from update_checkpoint import update_checkpoint
 from utilities import load_checkpoint
@@ -33,41 +33,66 @@ def test_two_epochs_end_to_end(tmp_path, dataset, capsys):
     ck = tmp_path / "ck"
     rows = read_metrics(ck)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    for key in ("d/adversarial", "d/total", "g/stft", "g/recon", "g/adversarial", "g/kl", "g/total",
-                "val/d_accuracy_real", "val/recon", "health/d", "health/g", "health/recon", "health/oscillation",
+    for key in ("d/adversarial", "d/r1", "d/total", "g/adversarial", "g/total", "r1_weight", "val/d_accuracy_real",
+                "val/d_accuracy_fake", "health/d", "health/g", "health/frechet", "health/oscillation", "health/verdict",
                 "seconds"):
         assert rows[-1][key] != "", key
+    assert not any(key.startswith(("g/recon", "g/stft", "g/kl")) for key in rows[-1])  # unpaired terms are gone
     assert (ck / "losses.png").stat().st_size > 10_000
     assert config_reader.load_config_from_yaml(ck / "config.yaml")["model"]["seq_len"] == 2000
     for epoch in (1, 2):
         state = load_checkpoint(ck / f"generator_epoch_{epoch}.pt")
         assert state["epoch"] == epoch and not state["partial"] and len(state["metrics"]) == epoch
+        assert state["ema_state_dict"].keys() == state["model_state_dict"].keys() and state["step"] > 0
         assert load_checkpoint(ck / f"discriminator_epoch_{epoch}.pt")["epoch"] == epoch
-        for wav in sorted((tmp_path / "samples" / f"epoch_{epoch}").glob("*.wav")):
+        wavs = sorted((tmp_path / "samples" / f"epoch_{epoch}").glob("*.wav"))
+        assert len(wavs) == 2
+        for wav in wavs:  # four windows of 16 latent frames of 128 samples
             info = soundfile.info(wav)
-            assert info.samplerate == SR and info.channels == 2 and info.frames == 2000
+            assert info.samplerate == SR and info.channels == 2 and info.frames == 4 * 16 * 128
     out = capsys.readouterr().out
-    assert "health: D: " in out and "VAE epoch 1 (vae): STFT distance" in out and "latent cache: " in out
+    assert "health: " in out and "VAE epoch 1 (vae): STFT distance" in out and "latent cache: " in out
+    assert "pretrain discriminator epoch 1" in out and "MusiGAN (latent GAN)" in out
     assert "pretrain generator" not in out  # stage one replaces the seed's unpaired reconstruction pretraining
     assert load_checkpoint(ck / "vae.pt")["kind"] == "vae" and (ck / "vae_losses.png").exists()
     assert [row["phase"] for row in read_metrics_named(ck, "vae_metrics")] == ["vae"]
     assert (ck / "latents" / "training.npy").exists() and (ck / "latents" / "latents.json").exists()
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset):
-    straight = tiny_config(tmp_path / "a", dataset, training={"epochs": 3, "keys": 8})
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
+    straight = tiny_config(tmp_path / "a", dataset, training={"epochs": 3})
     assert piano_main.main(["--config", str(straight)]) == 0
-    stopped = tiny_config(tmp_path / "b", dataset, training={"epochs": 2, "keys": 8})
-    assert piano_main.main(["--config", str(stopped)]) == 0
-    assert piano_main.main(["--config", str(stopped), "--set", "training.epochs=3",
-                            "--set", "output.resume_from_checkpoint=latest"]) == 0
+    # Killed partway through the GAN's epoch 3 (no Ctrl-C handler runs, nothing of epoch 3 is saved) ...
+    real, calls = piano_train.latent_train_step, {"n": 0}
 
-    for kind in ("generator", "discriminator"):
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["killed_at"]:
+            raise SystemExit("killed")
+        return real(*args, **kwargs)
+
+    calls["killed_at"] = 2 * (len(read_metrics(tmp_path / "a" / "ck")) and 0) or None  # set below
+    steps = load_checkpoint(tmp_path / "a" / "ck" / "generator_epoch_2.pt")["step"]
+    pretrain = steps // 2  # the D-only pretraining epoch has as many steps as a GAN epoch
+    calls["killed_at"] = pretrain + steps + 2
+    monkeypatch.setattr(piano_train, "latent_train_step", killed_in_epoch_3)
+    stopped = tiny_config(tmp_path / "b", dataset, training={"epochs": 3})
+    with pytest.raises(SystemExit):
+        piano_main.main(["--config", str(stopped)])
+    assert sorted(p.name for p in (tmp_path / "b" / "ck").glob("generator_*")) == ["generator_epoch_1.pt",
+                                                                                   "generator_epoch_2.pt"]
+    # ... and resumed: the same weights, EMA, step and R1 weight as the straight run, bit for bit.
+    monkeypatch.setattr(piano_train, "latent_train_step", real)
+    assert piano_main.main(["--config", str(stopped), "--set", "output.resume_from_checkpoint=latest"]) == 0
+
+    for kind, states in (("generator", ("model_state_dict", "ema_state_dict")), ("discriminator", ("model_state_dict",))):
         a = load_checkpoint(tmp_path / "a" / "ck" / f"{kind}_epoch_3.pt")
         b = load_checkpoint(tmp_path / "b" / "ck" / f"{kind}_epoch_3.pt")
-        assert a["model_state_dict"].keys() == b["model_state_dict"].keys()
-        for name in a["model_state_dict"]:
-            assert torch.equal(a["model_state_dict"][name], b["model_state_dict"][name]), (kind, name)
+        assert a["step"] == b["step"] and a["r1_weight"] == b["r1_weight"]
+        for state in states:
+            assert a[state].keys() == b[state].keys()
+            for name in a[state]:
+                assert torch.equal(a[state][name], b[state][name]), (kind, state, name)
     assert [r["g/total"] for r in read_metrics(tmp_path / "a" / "ck")] == \
         [r["g/total"] for r in read_metrics(tmp_path / "b" / "ck")]
 
@@ -114,11 +139,16 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ("model.num_layer=2", "unknown key model.num_layer; did you mean 'num_layers'?"),
     ("training.learning_rat=0.1", "did you mean 'learning_rate'?"),
-    ("model.batch_size=4", "'batch_size' belongs in section 'data'"),
+    ("model.batch_size=4", "'batch_size' belongs in section 'data' or 'training'"),
     ("training.epochs=ten", "training.epochs: 'ten' is not allowed; expected an integer of at least 0"),
     ("training.adversarial_loss=wgan", "not one of bce, hinge, lsgan"),
     ("model.dropout=2", "model.dropout: 2 is out of range"),
-    ("model.num_heads=5", "model.num_heads (5) must divide model.latent_dim (32)"),
+    ("model.num_heads=5", "model.num_heads (5) must divide model.latent_dim (16)"),
+    ("loss_weights.recon=2", "loss_weights.recon is 2, but it compares waveforms and applies only to "
+                             "model.architecture: seed"),
+    ("vae.enabled=false", "model.architecture: latent generates in the VAE's latent space and needs vae.enabled: true"),
+    ("model.latent_seq_len=100", "model.latent_seq_len (100 frames) is longer than two of the dataset's chunks (62 "
+                                 "latent frames)"),
     ("output.resume_from_checkpoint=yesterday", "an epoch number, latest, or false"),
 ])
 def test_config_errors_name_the_key_and_what_is_allowed(tmp_path, dataset, capsys, override, message):
@@ -159,30 +189,39 @@ def test_config_yaml_is_the_schema_and_overrides_nest():
 
 
 def test_nan_losses_are_skipped_then_stop_the_run(tmp_path, dataset, monkeypatch, capsys):
-    real = loss_functions.reconstruction_loss
+    real = piano_train.discriminator_adversarial_loss
     calls = {"n": 0}
 
-    def sometimes_nan(fake, target):
+    def sometimes_nan(*args, **kwargs):
         calls["n"] += 1
-        value = real(fake, target)
-        return value * float("nan") if calls["n"] in (5, 6) else value
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] in (2, 3) else value
 
-    monkeypatch.setattr(loss_functions, "reconstruction_loss", sometimes_nan)
-    config = tiny_config(tmp_path, dataset, training={"epochs": 1, "keys": 8, "pretrain_generator_epochs": 0})
+    monkeypatch.setattr(piano_train, "discriminator_adversarial_loss", sometimes_nan)
+    config = tiny_config(tmp_path, dataset, training={"epochs": 1, "pretrain_discriminator_epochs": 0})
     assert piano_main.main(["--config", str(config)]) == 0
     row = read_metrics(tmp_path / "ck")[0]
-    assert float(row["skipped_updates"]) == 2 and row["g/recon"] not in ("", "nan")
+    assert float(row["skipped_updates"]) == 2 and row["d/adversarial"] not in ("", "nan")
 
-    monkeypatch.setattr(loss_functions, "reconstruction_loss", lambda fake, target: real(fake, target) * float("nan"))
-    config = tiny_config(tmp_path / "second", dataset, training={"epochs": 3, "keys": 8, "max_nonfinite_in_a_row": 3,
-                                                                 "pretrain_generator_epochs": 0})
+    monkeypatch.setattr(piano_train, "discriminator_adversarial_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    config = tiny_config(tmp_path / "second", dataset, training={"epochs": 3, "max_nonfinite_in_a_row": 3,
+                                                                 "pretrain_discriminator_epochs": 0})
     assert piano_main.main(["--config", str(config)]) == 3
     err = capsys.readouterr().err
-    assert re.search(r"stopped: [34] updates in a row had a NaN or Inf loss", err) and "No checkpoint was saved yet" in err
+    assert re.search(r"stopped: 3 updates in a row had a NaN or Inf loss", err) and "No checkpoint was saved yet" in err
+
+
+def test_the_seeds_nan_guard_still_holds(tmp_path, dataset, monkeypatch, capsys):
+    real = loss_functions.reconstruction_loss
+    monkeypatch.setattr(loss_functions, "reconstruction_loss", lambda fake, target: real(fake, target) * float("nan"))
+    config = tiny_seed_config(tmp_path, dataset, training={"epochs": 3, "max_nonfinite_in_a_row": 3,
+                                                           "pretrain_generator_epochs": 0})
+    assert piano_main.main(["--config", str(config)]) == 3
+    assert re.search(r"stopped: [34] updates in a row had a NaN or Inf loss", capsys.readouterr().err)
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, dataset, monkeypatch, capsys):
-    real = piano_train.train_step
+    real = piano_train.latent_train_step
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -191,13 +230,13 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, dataset, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(piano_train, "train_step", interrupted)
-    config = tiny_config(tmp_path, dataset, training={"epochs": 2, "keys": 8})
+    monkeypatch.setattr(piano_train, "latent_train_step", interrupted)
+    config = tiny_config(tmp_path, dataset, training={"epochs": 2, "pretrain_discriminator_epochs": 0})
     assert piano_main.main(["--config", str(config)]) == 130
     assert "Interrupted during epoch 1" in capsys.readouterr().out
     state = load_checkpoint(tmp_path / "ck" / "generator_epoch_1.pt")
     assert state["partial"] and state["epoch"] == 1
-    monkeypatch.setattr(piano_train, "train_step", real)
+    monkeypatch.setattr(piano_train, "latent_train_step", real)
     assert piano_main.main(["--config", str(config), "--set", "output.resume_from_checkpoint=latest"]) == 0
     assert [row["epoch"] for row in read_metrics(tmp_path / "ck")] == ["2"]
 
@@ -216,7 +255,7 @@ def test_update_checkpoint_loads_a_discriminator_that_gained_a_layer(tmp_path, d
     assert torch.equal(new.state_dict()["mdisc.projection"], before["mdisc.projection"])
 
     # The same through piano_main: resume a run whose discriminator config changed.
-    config = tiny_config(tmp_path, dataset, training={"epochs": 1, "keys": 8},
+    config = tiny_config(tmp_path, dataset, training={"epochs": 1},
                          discriminator={"n_channels": 16, "use_minibatch_discrimination": False})
     assert piano_main.main(["--config", str(config)]) == 0
     changed = ["--set", "discriminator.use_minibatch_discrimination=true", "--set", "training.epochs=2",
@@ -224,7 +263,7 @@ def test_update_checkpoint_loads_a_discriminator_that_gained_a_layer(tmp_path, d
     assert piano_main.main(["--config", str(config), *changed]) == 2
     assert "output.update_discriminator: true" in capsys.readouterr().err
     assert piano_main.main(["--config", str(config), *changed, "--set", "output.update_discriminator=true"]) == 0
-    assert "new in the model, initialized fresh: mdisc.projection" in capsys.readouterr().out
+    assert "new in the model, initialized fresh: latent.mdisc.projection" in capsys.readouterr().out
 
 
 def test_health_report_follows_the_seed_tables():
@@ -243,7 +282,37 @@ def test_health_report_follows_the_seed_tables():
     exploding = piano_train.health_report(rows([0.5] * 4, [1.0, 1.2, 2.0, 4.0], [0.45] * 4))
     assert exploding["health/g"].startswith("exploding")
     assert piano_train.health_report(rows([0.693], [0.69], [0.45]))["health/d"].startswith("at the confusion point")
-    assert "does not apply" in piano_train.health_report(rows([0.5], [1], [0.4]), kind="hinge")["health/d"]
+    assert healthy["health/verdict"] == "healthy" and dominated["health/verdict"].startswith("unhealthy: D dominates")
+    hinge = piano_train.health_report(rows([1.5, 1.6, 1.5, 1.55], [0.2, -0.1, 0.1, 0.0], [0] * 4), kind="hinge")
+    assert hinge["health/d"].startswith("healthy (1.2-1.9)") and hinge["health/verdict"] == "healthy"
+    assert piano_train.health_report(rows([0.3], [1], [0]), kind="hinge")["health/d"].startswith("D dominates")
+    assert piano_train.health_report(rows([2.0], [0], [0]), kind="hinge")["health/d"].startswith("at the confusion")
+
+
+def test_a_discriminator_that_calls_real_music_fake_is_never_healthy():
+    # Losses in the healthy band, but D calls every real validation chunk fake (today's demo was "healthy" so).
+    history = [{"epoch": i + 1, "d/adversarial": 0.55, "d/total": 0.55 + 0.01 * i, "g/total": 0.7 + 0.01 * (i % 2),
+                "g/adversarial": 0.7, "val/d_accuracy_real": 0.0, "val/d_accuracy_fake": 1.0} for i in range(5)]
+    for kind in ("bce", "hinge", "lsgan"):
+        verdict = piano_train.health_report(history, kind=kind)
+        assert verdict["health/d"].startswith("broken: D calls 100% of real validation chunks fake")
+        assert verdict["health/verdict"] != "healthy" and "healthy" not in verdict["health/d"]
+    history[-1]["val/d_accuracy_real"] = 0.1  # 90 % called fake: still not healthy
+    assert piano_train.health_report(history)["health/verdict"].startswith("unhealthy")
+    history[-1]["val/d_accuracy_real"] = 0.6
+    assert piano_train.health_report(history)["health/verdict"] == "healthy"
+
+
+def test_a_rising_frechet_distance_is_flagged():
+    history = [{"epoch": i + 1, "d/adversarial": 1.5, "d/total": 1.5, "g/total": 0.1, "val/frechet": f}
+               for i, f in enumerate([90.0, 80.0, 85.0, 95.0])]
+    verdict = piano_train.health_report(history, kind="hinge")
+    assert verdict["health/frechet"].startswith("worsening") and "Fréchet rising" in verdict["health/verdict"]
+    history[-1]["val/frechet"] = 70.0
+    assert piano_train.health_report(history, kind="hinge")["health/frechet"].startswith("improving")
+
+
+
 
 
 def test_a_time_budget_stops_after_the_epoch_that_uses_it_up(tmp_path, dataset, capsys):

@@ -15,7 +15,7 @@ import yaml
 import config_reader
 import generate
 import piano_main
-from conftest import ROOT, SR, synth_song, tiny_config, write_audio
+from conftest import ROOT, SR, TINY_SEED_MODEL, synth_song, tiny_config, write_audio
 from evaluate import spectral_motion_db, tonal_lines_db
 from piano_encoder_decoder import VariationalEncoderDecoder, vae_from_config
 from piano_model import AudioDataset
@@ -251,10 +251,13 @@ def test_reconstruct_a_file_and_a_folder_with_a_corrupt_file(tmp_path, dataset, 
 
 def test_the_seed_preset_still_trains_one_epoch(tmp_path, dataset, capsys):
     tiny = yaml.safe_load(tiny_config(tmp_path, dataset).read_text())
+    tiny["model"] = {k: v for k, v in TINY_SEED_MODEL.items() if k != "architecture"}
+    tiny["training"].pop("batch_size")
     overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in tiny.items() if section != "vae"
                  for key, value in values.items()] + ["training.epochs=1"]
     seed = config_reader.load_config_from_yaml(ROOT / "configs" / "seed.yaml", overrides)
     assert not seed["vae"]["enabled"] and seed["loss_weights"]["adversarial"] == 20.0
+    assert seed["model"]["architecture"] == "seed" and seed["training"]["adversarial_loss"] == "bce"
     config_reader.write_config(seed, tmp_path / "seed.yaml")
     assert piano_main.main(["--config", str(tmp_path / "seed.yaml")]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,164 @@
+"""Stage two: the GAN in the VAE's latent space. The generator, the latent discriminator, the step's losses,
+R1, the EMA copy, minibatch discrimination, the real windows, and samples that leave training's RNG alone."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import config_reader
+import loss_functions as L
+import piano_train
+from discriminator import build_discriminator
+from piano_model import LatentWindows, build_generator
+
+TINY = {"model": {"latent_seq_len": 12, "latent_dim": 16, "num_heads": 2, "num_layers": 1, "context": 3,
+                  "noise_dim": 8, "style_dim": 4},
+        "vae": {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1},
+        "discriminator": {"n_channels": 16, "width": 8}}
+
+
+def tiny(**sections):
+    raw = {name: dict(values) for name, values in TINY.items()}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config_reader.validate(raw)
+
+
+def models(config, seed=0):
+    torch.manual_seed(seed)
+    generator, disc = build_generator(config), build_discriminator(config)
+    g_params = [p for p in generator.parameters() if p.requires_grad]
+    return generator, disc, torch.optim.Adam(g_params, 1e-3), torch.optim.Adam(disc.parameters(), 1e-3)
+
+
+@pytest.mark.parametrize("audio", [{}, {"multi_scale": True}, {"multi_resolution_stft": True},
+                                   {"multi_resolution_stft": True, "finetune": True}])
+@pytest.mark.parametrize("kind", L.ADVERSARIAL_KINDS)
+def test_each_discriminator_and_loss_option_takes_a_step(kind, audio):
+    finetune = audio.pop("finetune", False)
+    config = tiny(discriminator=audio, model={"finetune_decoder": finetune},
+                  loss_weights={"feature_matching": 1.0} if kind == "hinge" else {})
+    generator, disc, optim_g, optim_d = models(config)
+    assert (disc.audio is not None) == bool(audio)
+    decoder_before = [p.detach().clone() for p in generator.vae.decoder.parameters()]
+    g_before = [p.detach().clone() for p in generator.parameters() if p.requires_grad]
+    d_before = [p.detach().clone() for p in disc.latent.parameters()]
+    audio_before = [p.detach().clone() for p in disc.audio.parameters()] if audio else []
+    logs = piano_train.latent_train_step(generator, disc, optim_g, optim_d, torch.randn(4, 12, 8), kind=kind,
+                                         r1_weight=1.0, feature_matching=config["loss_weights"]["feature_matching"],
+                                         smoothing=0.1 if kind == "bce" else 0.0, grad_clip=1.0)
+    assert all(math.isfinite(v) for v in logs.values()) and logs["skipped/g"] == logs["skipped/d"] == 0
+    assert logs["d/r1"] > 0 and ("g/feature_matching" in logs) == (kind == "hinge")
+    assert ("g/audio_adversarial" in logs) == bool(audio)
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, [p for p in generator.parameters() if p.requires_grad]))
+    assert sum(not torch.equal(a, b) for a, b in zip(d_before, disc.latent.parameters())) >= len(d_before) - 1
+    if audio:  # the audio discriminator learned too
+        assert sum(not torch.equal(a, b) for a, b in zip(audio_before, disc.audio.parameters())) >= len(audio_before) // 2
+    decoder_moved = any(not torch.equal(a, b) for a, b in zip(decoder_before, generator.vae.decoder.parameters()))
+    assert decoder_moved == finetune  # frozen by default
+    assert not any(p.requires_grad for p in generator.vae.encoder.parameters())
+
+
+def test_the_step_never_runs_the_encoder_and_by_default_never_decodes(monkeypatch):
+    generator, disc, optim_g, optim_d = models(tiny())
+
+    def forbidden(*args):
+        raise AssertionError("the GAN step ran a part of the VAE it must not")
+
+    monkeypatch.setattr(generator.vae.encoder, "forward", forbidden)
+    monkeypatch.setattr(generator.vae.decoder, "forward", forbidden)
+    logs = piano_train.latent_train_step(generator, disc, optim_g, optim_d, torch.randn(4, 12, 8))
+    assert math.isfinite(logs["g/total"])
+
+
+def test_r1_is_nonzero_on_real_latents_and_zero_for_a_constant_critic():
+    _, disc, _, _ = models(tiny())
+    real = torch.randn(4, 12, 8, requires_grad=True)
+    assert float(L.r1_penalty(disc(real), real)) > 0
+    constant = real.sum() * 0 + torch.ones(4, 1)
+    x = torch.randn(4, 12, 8, requires_grad=True)
+    assert float(L.r1_penalty(constant + 0 * x.sum(), x)) == 0
+
+
+def test_adaptive_r1_rises_while_d_is_sure_and_stays_within_bounds():
+    weight = 1.0
+    for _ in range(500):
+        weight = piano_train.adapt_r1(weight, accuracy=1.0, base=1.0)
+    assert weight == piano_train.R1_MAX
+    for _ in range(500):
+        weight = piano_train.adapt_r1(weight, accuracy=0.5, base=1.0)
+    assert weight == 1.0
+    assert piano_train.adapt_r1(5.0, 1.0, base=0.0) == 0.0  # R1 off stays off
+
+
+def test_minibatch_discrimination_sees_copies_of_one_fake():
+    with_mdisc = models(tiny())[1].eval()
+    without = models(tiny(discriminator={"use_minibatch_discrimination": False}))[1].eval()
+    different = torch.randn(4, 12, 8)
+    copies = different[:1].repeat(4, 1, 1)
+    with torch.no_grad():
+        assert not torch.allclose(with_mdisc(copies)[0], with_mdisc(different)[0], atol=1e-4)
+        assert torch.allclose(without(copies)[0], without(different)[0], atol=1e-5)  # control: per-sample only
+
+
+def test_ema_moves_toward_the_live_weights():
+    import copy
+
+    generator = models(tiny())[0]
+    ema = copy.deepcopy(generator)
+    with torch.no_grad():
+        for p in generator.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    before = [(e.detach().clone(), p.detach().clone()) for e, p in zip(ema.parameters(), generator.parameters())
+              if p.requires_grad]
+    piano_train.ema_update(ema, generator, 0.9)
+    after = [e for e, p in zip(ema.parameters(), generator.parameters()) if p.requires_grad]
+    for (old, live), new in zip(before, after):
+        assert torch.allclose(new, old + 0.1 * (live - old), atol=1e-6)
+        assert (new - live).abs().max() < (old - live).abs().max()
+
+
+@pytest.mark.parametrize("architecture", ["latent", "seed"])
+def test_samples_from_fixed_noise_repeat_and_leave_the_training_rng_alone(architecture):
+    if architecture == "seed":
+        config = config_reader.validate({"model": {"architecture": "seed", "n_channels": 16, "seq_len": 600,
+                                                   "latent_seq_len": 20, "latent_dim": 32, "num_heads": 4,
+                                                   "num_of_gaussians": 3, "noise_dim": 800, "dropout": 0.1}})
+    else:
+        config = tiny()
+    generator = models(config)[0]
+    noise = generator.sample_noise(2, frames=30, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = piano_train.sample(generator, noise)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = piano_train.sample(generator, noise)
+    assert torch.equal(first, second) and torch.equal(torch.get_rng_state(), state)
+    assert generator.training  # back in training mode
+
+
+def test_the_generator_writes_any_length_in_blocks_as_in_one_pass():
+    generator = models(tiny())[0].eval()
+    noise = generator.sample_noise(2, frames=100, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(generator.latents(noise, block_frames=17), generator.latents(noise), atol=1e-5)
+        mu, logvar, waveform = generator(noise)
+    assert mu.shape == (2, 100, 8) and logvar is None and waveform.shape == (2, 2, 100 * generator.frame_samples)
+    style = noise[..., generator.noise_dim:]
+    assert torch.equal(style, style[:, :1].expand_as(style))  # a piece keeps its style noise throughout
+    assert generator.fake_windows(3).shape == (3, 12, 8)
+
+
+def test_real_windows_are_contiguous_stretches_of_adjacent_chunks():
+    cache = np.arange(4 * 10 * 2, dtype=np.float16).reshape(4, 10, 2)  # 2 pairs of 10-frame chunks
+    windows = LatentWindows(cache, 15, torch.zeros(2), torch.ones(2))
+    batch = windows.batch(16, generator=torch.Generator().manual_seed(0))
+    assert batch.shape == (16, 15, 2)
+    steps = batch[:, 1:, 0] - batch[:, :-1, 0]
+    assert torch.all(steps == 2)  # frame after frame, across the join of chunks 2i and 2i+1
+    assert torch.equal(windows.fixed(4), windows.fixed(4))
+    with pytest.raises(Exception, match="model.latent_seq_len \\(21 frames\\) is longer than two"):
+        LatentWindows(cache, 21, torch.zeros(2), torch.ones(2))
