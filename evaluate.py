@@ -172,6 +172,25 @@ def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=1024, neighbours=8):
     return float(excess[peak]), float(freqs[peak])
 
 
+def join_report(audio, joins, sample_rate):
+    """Musika's seam criteria at each join (a sample index) of a mono or (C, T) clip: the largest sample-to-
+    sample jump within 2 samples of the join over the clip's 99th percentile of |diff| (a click when above
+    3), and the RMS of the 50 ms around the join against the surrounding 500 ms, in dB (a dip or a bump
+    when beyond +-3). Returns {"jump_ratio": [...], "rms_gap_db": [...]}, one value per join."""
+    mono = _mono(audio).astype(np.float64)
+    diff = np.abs(np.diff(mono))
+    typical = max(float(np.percentile(diff, 99)), 1e-12)
+    near, around = sample_rate // 40, sample_rate // 4
+    jumps, gaps = [], []
+    for join in joins:
+        if join - around < 0 or join + around > len(mono):
+            continue
+        jumps.append(float(diff[join - 2:join + 2].max()) / typical)
+        rms = [np.sqrt(np.mean(mono[join - n:join + n] ** 2)) for n in (near, around)]
+        gaps.append(float(20 * np.log10(max(rms[0], 1e-12) / max(rms[1], 1e-12))))
+    return {"jump_ratio": jumps, "rms_gap_db": gaps}
+
+
 def loudness_pulse(clips, sample_rate, hz, hop=32):
     """How strongly loudness pulses at `hz`: the power of the clips' RMS envelope (hop-sample frames) at hz,
     over the median power within 20 bins around it. About 1 for music; a decoder or a joining scheme that

@@ -74,7 +74,7 @@ def make_pieces(generator, count, samples, fade, rng, device, batch_size=8):
         return torch.cat(pieces).numpy(), (torch.cat(windows) if windows else None)
     seq_len = generator.seq_len
     per_piece = 1 if samples <= seq_len else math.ceil((samples - fade) / (seq_len - fade))
-    noise = torch.randn(count * per_piece, generator.sound_channels, generator.noise_dim, generator=rng)
+    noise = generator.sample_noise(count * per_piece, generator=rng, device="cpu")
     segments = []
     with torch.inference_mode():
         for batch in noise.split(batch_size):

@@ -169,7 +169,7 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
 
 def train_vae(config, device, info, autocast, state, deadline, log):
     """Train the VAE into checkpoint_folder/vae.pt, from scratch or from an unfinished `state`. Returns the status."""
-    v, t = config["vae"], config["training"]
+    v = config["vae"]
     folder = Path(config["output"]["checkpoint_folder"])
     dataset_dir = config["data"]["dataset_dir"]
     segment = vae_segment(config)
@@ -309,7 +309,12 @@ def run(config, device, log=print):
                  sample_rate=info["sample_rate"], log=log, **gan_state)
     if resume_epoch is None:
         if latent:
-            pretrain_latent_discriminator(gan, log=log)
+            try:
+                pretrain_latent_discriminator(gan, log=log)
+            except KeyboardInterrupt:
+                log(f"\nInterrupted while pretraining the discriminator; the VAE and its latent cache in {folder} are "
+                    f"kept. To continue: --set output.resume_from_checkpoint=latest")
+                return "interrupted"
         else:  # the seed's pretraining: (unpaired) reconstruction, then the discriminator
             pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
             pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,

@@ -63,7 +63,7 @@ def pretrain_generator(generator, optim_g, train_data, config, device, autocast=
     params = [p for p in generator.parameters() if p.requires_grad]
 
     def step(target):
-        noise = torch.randn(target.shape[0], generator.sound_channels, generator.noise_dim, device=device)
+        noise = generator.sample_noise(target.shape[0], device=device)
         with autocast():
             mu, logvar, fake = generator(noise)
             loss = recon_weight * reconstruction_loss(fake, target)
@@ -85,7 +85,7 @@ def pretrain_discriminator(discriminator, generator, optim_d, train_data, config
     params = list(discriminator.parameters())
 
     def step(target):
-        noise = torch.randn(target.shape[0], generator.sound_channels, generator.noise_dim, device=device)
+        noise = generator.sample_noise(target.shape[0], device=device)
         with torch.no_grad(), autocast():
             fake = generator(noise)[2]
         with autocast():

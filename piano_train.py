@@ -77,7 +77,7 @@ def train_step(generator, discriminator, optim_g, optim_d, targets, *, weights, 
         finite = {"g": torch.ones((), dtype=torch.bool, device=targets[0].device), "d": None}
         finite["d"] = finite["g"].clone()
         for target in targets:
-            noise = torch.randn(target.shape[0], generator.sound_channels, generator.noise_dim, device=target.device)
+            noise = generator.sample_noise(target.shape[0], device=target.device)
             with autocast():
                 mu, logvar, fake = generator(noise)  # fake (B, C, seq_len)
             if train_d:

@@ -153,6 +153,7 @@ def measure(name, folder, args, log):
     shutil.copyfile(audio[0].with_suffix(".png"), listen / f"{name}.png")
     last = rows[-1]
     seconds = [float(r["seconds"]) for r in rows]
+    seams = seam_report(folder / "checkpoints")
     return {
         "frechet": round(evaluation["frechet"], 1),
         "motion": {k: round(v, 2) for k, v in evaluation["spectral_motion_db"].items()},
@@ -164,7 +165,36 @@ def measure(name, folder, args, log):
         "val_d_accuracy": [last.get("val/d_accuracy_real"), last.get("val/d_accuracy_fake")],
         "frechet_during": [(int(r["epoch"]), round(float(r["val/frechet"]), 1)) for r in rows if r.get("val/frechet")],
         "audio": [str(p.relative_to(ROOT)) for p in audio],
+        "seams": seams,
     }
+
+
+def seam_report(folder, seconds=60.0):
+    """generate.py's way of making one --seconds piece, and evaluate.join_report at its joins: the latent
+    generator's window boundaries (it has no joins; these are where the windows it was trained on meet),
+    or the seed's crossfades. Also the same figures at points halfway between joins, for comparison."""
+    import numpy as np
+    import torch
+
+    from evaluate import join_report
+    from generate import make_pieces
+    from utilities import load_generator
+
+    generator, config, _ = load_generator(folder, "latest", "cpu")
+    rate = config["data"]["sample_rate"]
+    samples = int(seconds * rate)
+    if generator.architecture == "latent":
+        fade, step = 0, generator.latent_seq_len * generator.frame_samples
+    else:
+        fade = min(round(0.05 * rate), generator.seq_len // 4)
+        step = generator.seq_len - fade
+    pieces, _ = make_pieces(generator, 1, samples, fade, torch.Generator().manual_seed(0), "cpu")
+    joins = list(range(step, samples, step))
+    at, between = join_report(pieces[0], joins, rate), join_report(pieces[0], [j + step // 2 for j in joins], rate)
+    summary = lambda r: {"max_jump_ratio": round(max(r["jump_ratio"]), 2),  # noqa: E731
+                         "max_abs_rms_gap_db": round(max(map(abs, r["rms_gap_db"])), 2),
+                         "mean_rms_gap_db": round(float(np.mean(r["rms_gap_db"])), 2)}
+    return {"joins": len(at["jump_ratio"]), "at_joins": summary(at), "between_joins": summary(between)}
 
 
 BEGIN, END = "<!-- experiment:begin -->", "<!-- experiment:end -->"
@@ -203,6 +233,17 @@ def write_report(results, references, args, path):
                      f"{d['spectrum_db']['fake']} ({d['spectrum_db']['real']}) | {d['onset_autocorr']['fake']} "
                      f"({d['onset_autocorr']['real']}) | {r['lines_db']['fake'][0]} @ {r['lines_db']['fake'][1]} "
                      f"({r['lines_db']['real'][0]}) | {r['epochs']} | {r['seconds_per_epoch']} | {accuracy} | {verdict} |")
+    lines += ["", "## Seams: one 60 s piece per recipe (`generate.py`'s way), `evaluate.join_report`", "",
+              "A click is a jump above 3x the clip's 99th-percentile sample step; a dip or bump is an RMS gap beyond "
+              "+-3 dB between the 50 ms around a join and the surrounding 500 ms. The latent generator has no joins: "
+              "its figures are at the boundaries of the windows it was trained on. The seed's are at its crossfades. "
+              "Halfway between joins is the control.", "",
+              "| recipe | joins | max jump ratio | max abs RMS gap dB | mean RMS gap dB | control: max jump | "
+              "control: max abs gap dB |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        a, b = r["seams"]["at_joins"], r["seams"]["between_joins"]
+        lines.append(f"| {name} | {r['seams']['joins']} | {a['max_jump_ratio']} | {a['max_abs_rms_gap_db']} | "
+                     f"{a['mean_rms_gap_db']} | {b['max_jump_ratio']} | {b['max_abs_rms_gap_db']} |")
     lines += ["", "## The recipes", ""]
     for name in results:
         config, overrides = RECIPES[name]

@@ -65,3 +65,20 @@ def test_training_logs_the_frechet_distance(tmp_path, dataset, capsys):
     assert all(float(row["val/frechet"]) > 0 for row in rows)
     assert "Fréchet" in capsys.readouterr().out
     assert evaluate.main(["--epoch", "latest", "--config", str(config), "--samples", "4"]) == 0
+
+
+def test_join_report_catches_a_click_and_a_dip():
+    from evaluate import join_report
+
+    sr = 8000
+    t = np.arange(4 * sr) / sr
+    smooth = np.sin(2 * np.pi * 220 * t) * (0.5 + 0.2 * np.sin(2 * np.pi * 0.7 * t))
+    joins = [sr, 2 * sr, 3 * sr]
+    clean = join_report(smooth, joins, sr)
+    assert max(clean["jump_ratio"]) <= 3 and max(map(abs, clean["rms_gap_db"])) <= 3
+    clicked = smooth.copy()
+    clicked[2 * sr:] += 0.8  # a step at the second join
+    assert join_report(clicked, joins, sr)["jump_ratio"][1] > 3
+    dipped = smooth.copy()
+    dipped[3 * sr - 150:3 * sr + 150] *= np.hanning(300) * 0 + 0.1  # a crossfade that loses level
+    assert join_report(dipped, joins, sr)["rms_gap_db"][2] < -3
