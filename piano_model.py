@@ -357,9 +357,12 @@ class AudioDataset(torch.utils.data.Dataset):
         row = self.chunk_samples * 2  # bytes per channel of one chunk
         for channel in range(self.channels):
             offset = self._data_offset + (index * self.channels + channel) * row + start * 2
-            self._file.seek(offset)
-            if self._file.readinto(out[channel]) != self.seq_len * 2:
+            # pread: positioned, so DataLoader workers that share a file opened before the fork never move
+            # each other's offset (seek + read would read each other's data).
+            data = os.pread(self._file.fileno(), self.seq_len * 2, offset)
+            if len(data) != self.seq_len * 2:
                 raise DatasetError(f"{self.path} is shorter than its header says; rebuild it with create_dataset.py")
+            out[channel] = np.frombuffer(data, dtype=np.float16)
         return out.astype(np.float32)
 
     def __getitem__(self, index):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # evaluate.py and friends, for the references and the seam figures
 
 # What every recipe shares: the data, the epochs' length, evaluation and saving.
 BASE = [
@@ -71,8 +72,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per recipe (default: 30)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes to run")
     parser.add_argument("--reuse", action="store_true",
-                        help="a recipe whose run folder exists is not trained again, only evaluated (to add recipes "
-                             "to a report, or to re-measure runs made in parallel)")
+                        help="a recipe whose run folder exists is not trained again: its result.json is read, or it "
+                             "is measured when there is none (to build one report from runs made in parallel)")
     parser.add_argument("--report", default="docs/experiments.md", help="the file whose experiment block is rewritten")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args()
@@ -94,6 +95,9 @@ def main():
                      f"output.checkpoint_folder={folder / 'checkpoints'}", f"output.music_out_folder={folder / 'samples'}",
                      f"training.time_budget_minutes={args.minutes}"]
         seconds = None
+        if args.reuse and (folder / "result.json").exists():  # trained and measured already
+            results[name] = json.loads((folder / "result.json").read_text())
+            continue
         if not (args.reuse and (folder / "checkpoints").exists()):
             if (folder / "checkpoints").exists():
                 subprocess.run(["rm", "-rf", str(folder)], check=True)
