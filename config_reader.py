@@ -247,7 +247,8 @@ def validate(raw, source="config"):
             if weight and name not in LATENT_LOSS_WEIGHTS:
                 raise ValueError(f"{source}: loss_weights.{name} is {weight:g}, but it compares waveforms and applies "
                                  f"only to model.architecture: seed; the latent GAN uses "
-                                 f"{' and '.join('loss_weights.' + n for n in LATENT_LOSS_WEIGHTS)}. Set it to 0.")
+                                 f"{' and '.join('loss_weights.' + n for n in LATENT_LOSS_WEIGHTS)}. Set it to 0; or, for "
+                                 f"a config (or a run) made for the seed's generator, set model.architecture: seed.")
         if model["finetune_decoder"] and not (config["discriminator"]["multi_scale"]
                                               or config["discriminator"]["multi_resolution_stft"]):
             raise ValueError(f"{source}: model.finetune_decoder: true needs an audio discriminator to learn from; "

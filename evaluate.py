@@ -176,7 +176,8 @@ def join_report(audio, joins, sample_rate):
     """Musika's seam criteria at each join (a sample index) of a mono or (C, T) clip: the largest sample-to-
     sample jump within 2 samples of the join over the clip's 99th percentile of |diff| (a click when above
     3), and the RMS of the 50 ms around the join against the surrounding 500 ms, in dB (a dip or a bump
-    when beyond +-3). Returns {"jump_ratio": [...], "rms_gap_db": [...]}, one value per join."""
+    when beyond +-3). Returns {"jump_ratio": [...], "rms_gap_db": [...]}, one value per join that has 250 ms
+    of audio on both sides (joins nearer the clip's edges are left out)."""
     mono = _mono(audio).astype(np.float64)
     diff = np.abs(np.diff(mono))
     typical = max(float(np.percentile(diff, 99)), 1e-12)

@@ -2,7 +2,7 @@
 
     from piano_model import AudioDataset, build_generator
     generator = build_generator(config)              # VariationalAttentionModel(**config["model"], vae=config["vae"])
-    noise = generator.sample_noise(8, frames=240)    # latent: (8, 240, noise_dim + style_dim)
+    noise = generator.sample_noise(8, frames=240)    # latent: (8, 240 + 2 * receptive_field, noise_dim + style_dim)
     mu, logvar, waveform = generator(noise)          # mu (8, 240, vae.latent_dim); waveform (8, 2, 240 * frame_samples)
     train = AudioDataset.from_dataset_dir("dataset", "training", seq_len=16500)
     target_norm, target_mean, target_std = train[0]   # (C, seq_len), (1, 1), (1, 1), float32
@@ -95,9 +95,10 @@ class VariationalAttentionModel(nn.Module):
     channel by the latent cache's mean and std; the VAE's decoder (frozen unless finetune_decoder)
     renders it. forward returns mu, the latent sequence in the VAE's own units (B, frames, vae latent_dim);
     logvar, None (the generator is deterministic given its noise); and the waveform (B, C, frames x
-    frame_samples). Every output frame depends on the noise within receptive_field frames of it, so
-    training crops the middle of a longer sequence (fake_windows): the discriminator sees exactly what
-    a piece of any length is made of, and pieces have no seams.
+    frame_samples). Every output frame depends on the noise within receptive_field frames of it, and
+    sample_noise(batch, frames) draws that context for every frame (frames + 2 x receptive_field of
+    noise): the discriminator's windows, and pieces of any length, are made of frames alike, and pieces
+    have no seams.
 
     architecture="seed": the seed's end-to-end generator, noise (B, sound_channels, noise_dim) through a
     noise encoder to latent_seq_len Gaussians of latent_dim, a sample of which passes through num_layers
@@ -152,22 +153,31 @@ class VariationalAttentionModel(nn.Module):
     def sample_noise(self, batch, frames=None, generator=None, device=None):
         """White noise for `batch` pieces, from `generator` (a torch.Generator; default: the global one).
 
-        latent: (batch, frames, noise_dim + style_dim), its last style_dim channels the same in every frame;
-        frames defaults to what fake_windows needs. seed: (batch, sound_channels, noise_dim)."""
+        latent: noise for `frames` output frames (default: one window, latent_seq_len), shaped (batch, frames +
+        2 x receptive_field, noise_dim + style_dim): every output frame gets its full context on both sides,
+        as inside a longer piece, and the first and last frames are no different from the rest. The last
+        style_dim channels are the same in every frame. seed: (batch, sound_channels, noise_dim)."""
         device = device or next(self.parameters()).device
         if self.architecture == "seed":
+            if generator is None:  # the global stream of the device it is for, as the seed drew it
+                return torch.randn(batch, self.sound_channels, self.noise_dim, device=device)
             return torch.randn(batch, self.sound_channels, self.noise_dim, generator=generator).to(device)
-        frames = frames or self.latent_seq_len + 2 * self.receptive_field
+        frames = (frames or self.latent_seq_len) + 2 * self.receptive_field  # each output frame's full context
         local = torch.randn(batch, frames, self.noise_dim, generator=generator)
         style = torch.randn(batch, 1, self.style_dim, generator=generator).expand(-1, frames, -1)
         return torch.cat([local, style], dim=2).to(device)
 
     def latents(self, noise, block_frames=512):
-        """Standardized latent sequences (B, frames, vae latent_dim) from noise (B, frames, noise channels); long
-        ones in blocks of block_frames with receptive_field frames of context, which equals one pass."""
+        """Standardized latent sequences (B, frames, vae latent_dim) from sample_noise's (B, frames + 2 x
+        receptive_field, noise channels): the frames whose context the noise holds in full. Long ones are
+        computed in blocks of block_frames with receptive_field frames of context, which equals one pass."""
         margin = self.receptive_field
+        if noise.shape[1] <= 2 * margin:
+            raise ValueError(f"noise of {noise.shape[1]} frames holds no output frame: it needs more than "
+                             f"2 x receptive_field ({2 * margin}); draw it with sample_noise")
         run = lambda lo, hi: (self._latents(noise[:, lo:hi]),)  # noqa: E731
-        return VariationalEncoderDecoder._in_blocks(run, noise.shape[1], block_frames, margin, dim=1)[0]
+        z = VariationalEncoderDecoder._in_blocks(run, noise.shape[1], block_frames, margin, dim=1)[0]
+        return z[:, margin:-margin]
 
     def _latents(self, noise):
         h = self.input(noise)
@@ -178,10 +188,9 @@ class VariationalAttentionModel(nn.Module):
         return self.output(self.norm(h))
 
     def fake_windows(self, batch, generator=None):
-        """(batch, latent_seq_len, vae latent_dim) standardized latents: the middle of longer sequences, so that
-        every frame had its full context, as inside a piece of any length."""
-        z = self.latents(self.sample_noise(batch, generator=generator))
-        return z[:, self.receptive_field:self.receptive_field + self.latent_seq_len]
+        """(batch, latent_seq_len, vae latent_dim) standardized latents, every frame with its full context, as
+        inside a piece of any length: what the discriminator judges."""
+        return self.latents(self.sample_noise(batch, generator=generator))
 
     def to_vae_units(self, z):
         return z * self.latent_std + self.latent_mean
@@ -199,8 +208,8 @@ class VariationalAttentionModel(nn.Module):
             z = self.transformer(self.vae.reparameterize(mu, logvar) + self.position)
             return mu, logvar, self.vae.decoder(z)  # waveform (B, sound_channels, seq_len)
         if noise.dim() != 3 or noise.shape[2] != self.noise_dim + self.style_dim:
-            raise ValueError(f"noise must be shaped (batch, frames, {self.noise_dim + self.style_dim}) as "
-                             f"sample_noise draws it, got {tuple(noise.shape)}")
+            raise ValueError(f"noise must be shaped (batch, frames + {2 * self.receptive_field}, "
+                             f"{self.noise_dim + self.style_dim}) as sample_noise draws it, got {tuple(noise.shape)}")
         mu = self.to_vae_units(self.latents(noise))
         return mu, None, self.vae.decode_long(mu)
 

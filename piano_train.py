@@ -141,7 +141,7 @@ def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind=
         if audio_d is not None:
             with torch.no_grad():
                 real_audio = generator.decode(real.detach())
-            d_adv = d_adv + discriminator_adversarial_loss(audio_d(real_audio)[0], audio_d(fake_audio.detach())[0], kind,
+            d_adv = d_adv + discriminator_adversarial_loss(audio_d(real_audio), audio_d(fake_audio.detach()), kind,
                                                            smoothing)
     r1 = r1_penalty(real_logits, real) if r1_weight else torch.zeros((), device=real.device)
     d_total = d_adv + r1_weight * r1
@@ -163,7 +163,7 @@ def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind=
                 logs["g/feature_matching"] = feature_matching_loss(real_features, fake_features)
                 g_total = g_total + feature_matching * logs["g/feature_matching"]
             if audio_d is not None:
-                logs["g/audio_adversarial"] = generator_adversarial_loss(audio_d(fake_audio)[0], kind)
+                logs["g/audio_adversarial"] = generator_adversarial_loss(audio_d(fake_audio), kind)
                 g_total = g_total + logs["g/audio_adversarial"]
         logs["g/total"] = g_total
         optim_g.zero_grad(set_to_none=True)
@@ -554,12 +554,11 @@ class GANRun:
 
     def save(self, epoch, history, partial=False):
         extra = dict(step=self.step, r1_weight=self.r1_weight)
-        if self.ema is not None:
-            extra["ema_state_dict"] = self.ema.state_dict()
         for kind, model, optimizer, scaler in (("generator", self.generator, self.optim_g, self.scaler_g),
                                               ("discriminator", self.discriminator, self.optim_d, self.scaler_d)):
+            ema = {"ema_state_dict": self.ema.state_dict()} if kind == "generator" and self.ema is not None else {}
             save_checkpoint(checkpoint_path(self.folder, kind, epoch), model, optimizer, epoch, self.config,
-                            scaler=scaler, metrics=history, partial=partial, **extra)
+                            scaler=scaler, metrics=history, partial=partial, **extra, **ema)
 
 
 def run_epoch(run, epoch, desc, update_generator=True):
