@@ -34,7 +34,8 @@ from config_reader import config_from_checkpoint
 from create_dataset import DatasetError
 from discriminator import build_discriminator
 from piano_model import AudioDataset, LatentWindows
-from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, load_checkpoint, load_generator, run_folder  # noqa: F401
+from utilities import (CheckpointError, checkpoint_epochs, checkpoint_path, forked_rng, load_checkpoint,  # noqa: F401
+                       load_generator, run_folder)
 from vae_utilities import LATENT_DIR
 
 BANDS = ("fooled (old D)", "catching up", "strong (generator challenged)")
@@ -146,7 +147,7 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
     noise_rng = torch.Generator().manual_seed(seed)
     latent = generator.architecture == "latent"
     fakes = []
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.manual_seed(seed)  # the seed's generator draws from the global RNG: the same fakes every run
         for start in range(0, samples, batch_size):
             n = min(batch_size, samples - start)

@@ -25,12 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from create_dataset import DatasetError
-from utilities import CheckpointError
+from utilities import CheckpointError, forked_rng
 
 WINDOW_SECONDS = 1.0
 N_FFT, HOP = 1024, 256
 SILENCE_DB = -40.0  # a frame this far below the clip's peak counts as silent
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+
+
+def _mono(clip, dtype=np.float32):
+    """A clip (channels, samples) or (samples,) as one channel, the mean of its channels, in `dtype`."""
+    clip = np.asarray(clip, dtype)
+    return clip.mean(axis=0) if clip.ndim == 2 else clip
 
 
 def frame_features(clip, sample_rate):
@@ -62,8 +68,7 @@ def embed(clips, sample_rate):
     windows, pooled = [], {}
     per_window = max(1, round(WINDOW_SECONDS * sample_rate / HOP))
     for clip in clips:
-        clip = np.asarray(clip, np.float32)
-        mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+        mono = _mono(clip)
         peak = float(np.abs(mono).max())
         mono = mono / peak * 0.9 if peak > 0 else mono
         mel, mfcc, chroma, contrast, stats = frame_features(mono, sample_rate)
@@ -98,17 +103,11 @@ def spectral_motion_db(clip, sample_rate, n_mels=40):
     the median over bands. Real music scores about 6 dB; a stationary spectrum (a drone, a fixed hiss) near 0."""
     import librosa
 
-    clip = np.asarray(clip, np.float32)
-    mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+    mono = _mono(clip)
     n_fft = 1 << int(np.round(np.log2(0.09 * sample_rate)))  # ~90 ms frames, half overlapping
     power = librosa.feature.melspectrogram(y=mono, sr=sample_rate, n_fft=n_fft, hop_length=n_fft // 2, n_mels=n_mels)
     level = librosa.power_to_db(power, ref=np.max, top_db=80)  # (bands, frames), relative to the clip's loudest
     return float(np.median(level.std(axis=1)))
-
-
-def _mono(clip):
-    clip = np.asarray(clip, np.float32)
-    return clip.mean(axis=0) if clip.ndim == 2 else clip
 
 
 def _mean_pairwise_rms(vectors):
@@ -159,8 +158,7 @@ def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=1024, neighbours=8):
 
     spectra = []
     for clip in clips:
-        clip = np.asarray(clip, np.float64)
-        mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+        mono = _mono(clip, np.float64)
         freqs, power = signal.welch(mono, fs=sample_rate, nperseg=min(n_fft, len(mono)))
         spectra.append(power / max(power.sum(), 1e-30))  # each clip counts the same, loud or quiet
     level = 10 * np.log10(np.mean(spectra, axis=0) + 1e-30)
@@ -178,7 +176,7 @@ def join_report(audio, joins, sample_rate):
     3), and the RMS of the 50 ms around the join against the surrounding 500 ms, in dB (a dip or a bump
     when beyond +-3). Returns {"jump_ratio": [...], "rms_gap_db": [...]}, one value per join that has 250 ms
     of audio on both sides (joins nearer the clip's edges are left out)."""
-    mono = _mono(audio).astype(np.float64)
+    mono = _mono(audio, np.float64)
     diff = np.abs(np.diff(mono))
     typical = max(float(np.percentile(diff, 99)), 1e-12)
     near, around = sample_rate // 40, sample_rate // 4
@@ -198,8 +196,7 @@ def loudness_pulse(clips, sample_rate, hz, hop=32):
     dips every period (a latent frame, a chunk) scores tens."""
     spectra = []
     for clip in clips:
-        clip = np.asarray(clip, np.float64)
-        mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+        mono = _mono(clip, np.float64)
         frames = mono[:len(mono) // hop * hop].reshape(-1, hop)
         envelope = np.sqrt((frames ** 2).mean(axis=1))
         spectra.append(np.abs(np.fft.rfft(envelope - envelope.mean())) ** 2)
@@ -270,8 +267,7 @@ def generator_clips(generator, count, seed, device, batch_size=8, samples=None):
     if generator.architecture == "latent":
         samples = samples or generator.seq_len
         frames = -(-samples // generator.frame_samples)
-    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leaves training's random stream alone
+    with forked_rng(device), torch.inference_mode():  # leaves training's random stream alone
         torch.manual_seed(seed)  # the seed's generator draws its reparameterization noise from the global RNG
         for start in range(0, count, batch_size):
             noise = generator.sample_noise(min(batch_size, count - start), frames=frames, generator=rng, device=device)

@@ -65,9 +65,8 @@ def make_pieces(generator, count, samples, fade, rng, device, batch_size=8):
         pieces, windows = [], []
         with torch.inference_mode():
             for batch in noise.split(batch_size):
-                mu, _, waveform = generator(batch)
-                pieces.append(waveform[..., :samples].float().cpu())
-                z = (mu - generator.latent_mean) / generator.latent_std
+                z = generator.latents(batch)  # standardized: what the discriminator judges
+                pieces.append(generator.vae.decode_long(generator.to_vae_units(z))[..., :samples].float().cpu())
                 if z.shape[1] >= generator.latent_seq_len:
                     z = z[:, :per_piece * generator.latent_seq_len]
                     windows.append(z.reshape(len(z), per_piece, generator.latent_seq_len, -1).float().cpu())

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discriminator_loss, feature_matching_loss,
                             generator_adversarial_loss, generator_loss, r1_penalty, reconstruction_loss)
-from utilities import checkpoint_path
+from utilities import checkpoint_path, forked_rng
 from vae_utilities import save_checkpoint
 
 
@@ -384,7 +384,7 @@ def sample(generator, noise, autocast=None):
     device = noise.device
     was_training = generator.training
     generator.eval()
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.no_grad(), autocast():
+    with forked_rng(device), torch.no_grad(), autocast():
         waveforms = generator(noise)[2].float().cpu()
     generator.train(was_training)
     return waveforms
@@ -428,17 +428,17 @@ def validate(generator, discriminator, val_data, config, device, autocast):
     noise_rng = torch.Generator(device="cpu").manual_seed(1234)
     if latent:
         count = max(2, min(64, 2 * len(val_data)))
-        batches = [(val_data.fixed(count).to(device), None)]
+        batches = [val_data.fixed(count).to(device)]
     else:
         loader = make_loader(val_data, min(config["data"]["batch_size"], len(val_data)), 0, seed=0, shuffle=False,
                              device=device)
-        batches = ((target.to(device), None) for target, _, _ in loader)
+        batches = (target.to(device) for target, _, _ in loader)
     generator.eval()
     discriminator.eval()
     correct_real = correct_fake = total = 0
     recon = []
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        for target, _ in batches:
+    with forked_rng(device):
+        for target in batches:
             if target.shape[0] < 2 and getattr(discriminator, "mdisc", None) is not None:
                 continue  # minibatch discrimination needs two samples
             with autocast():
@@ -494,7 +494,7 @@ class GANRun:
         """The generator that samples: the EMA copy when there is one."""
         return self.ema if self.ema is not None else self.generator
 
-    def iterations(self, epoch):
+    def iterations(self):
         t, data = self.config["training"], self.config["data"]
         if self.latent:
             count = max(1, 2 * len(self.train_data) // t["batch_size"])
@@ -508,12 +508,12 @@ class GANRun:
         seed = t["seed"] * 100_003 + epoch
         if self.latent:
             rng = torch.Generator().manual_seed(seed)
-            for _ in range(self.iterations(epoch)):
+            for _ in range(self.iterations()):
                 yield self.train_data.batch(t["batch_size"], generator=rng).to(self.device, non_blocking=True)
             return
         loader = iter(make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=seed, shuffle=True,
                                   device=self.device))
-        for _ in range(self.iterations(epoch)):
+        for _ in range(self.iterations()):
             yield [next(loader)[0].to(self.device, non_blocking=True) for _ in range(t["accumulation_steps"])]
 
     def train_step(self, batch, update_generator=True):
@@ -565,7 +565,7 @@ def run_epoch(run, epoch, desc, update_generator=True):
     """One epoch of run.train_step with a progress bar; returns the means of its logs, or raises KeyboardInterrupt
     (with .completed set) or TrainingStopped."""
     t = run.config["training"]
-    iterations = run.iterations(epoch)
+    iterations = run.iterations()
     sums, count, nonfinite_in_a_row = {}, 0, 0
     bar = tqdm(total=iterations, desc=desc, unit="it", dynamic_ncols=True, leave=False)
     try:

@@ -30,6 +30,13 @@ def checkpoint_epochs(folder, kind="generator"):
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name)))
 
 
+def forked_rng(device):
+    """A context in which torch's random streams (the CPU's, and `device`'s when it is a GPU) may be drawn from
+    and are put back afterwards: sampling and evaluation leave training's streams alone."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict at path, loaded with weights_only=True; CheckpointError with a sentence otherwise."""
     path = Path(path)
