@@ -10,8 +10,8 @@ D(G(noise)) against the label "real". Low means that discriminator is fooled by 
 Each discriminator's accuracy on real validation chunks is measured too, so one that calls
 everything fake is not mistaken for a strong one.
 
-Writes discriminator_over_epochs.png and discriminator_over_epochs.csv to the checkpoint folder,
-prints a table that sorts the epochs into the seed's three bands (found from the losses themselves),
+Writes discriminator_over_epochs.png, .csv and .json to the checkpoint folder, rewrites the run's
+report.html there with the sweep in it, prints a table that sorts the epochs into the seed's three bands (found from the losses themselves),
 and ends with a verdict:
 - a healthy arms race: the loss rises toward recent discriminators;
 - no learning: every discriminator is fooled;
@@ -20,6 +20,7 @@ and ends with a verdict:
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import sys
@@ -34,6 +35,7 @@ from config_reader import config_from_checkpoint
 from create_dataset import DatasetError
 from discriminator import build_discriminator
 from piano_model import AudioDataset, LatentWindows
+from report import SWEEP_FILE, write_report
 from utilities import (CheckpointError, checkpoint_epochs, checkpoint_path, forked_rng, load_checkpoint,  # noqa: F401
                        load_generator, run_folder)
 from vae_utilities import LATENT_DIR
@@ -168,7 +170,7 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
         pass  # accuracy on real chunks needs the dataset (or the latent cache); the sweep itself does not
     rows = []
     for epoch in d_epochs:
-        state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch), device)
+        state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch))
         disc = build_discriminator(config_from_checkpoint(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device)
         disc.load_state_dict(state["model_state_dict"])
         disc.eval()
@@ -182,14 +184,17 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
     return rows, gen_epoch
 
 
-def write_outputs(rows, bands, verdict, gen_epoch, folder):
+def write_outputs(rows, bands, verdict, gen_epoch, folder, samples=None):
+    """discriminator_over_epochs.csv, .png, and .json (rows, bands and verdict, which the run report shows)."""
     folder = Path(folder)
+    rows = [{**row, "band": bands[row["d_epoch"]]} for row in rows]
+    (folder / SWEEP_FILE).write_text(json.dumps({"gen_epoch": gen_epoch, "samples": samples, "verdict": verdict,
+                                                 "rows": rows}, indent=1), encoding="utf-8")
     csv_path = folder / "discriminator_over_epochs.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["d_epoch", "d_loss_real_label", "band", "val_accuracy_real"])
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "band": bands[row["d_epoch"]]})
+        writer.writerows(rows)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,9 +270,10 @@ def main(argv=None):
                     f"{statistics.mean(accuracies):.2f}), so a high loss here is not strength")
     print(f"generator of epoch {gen_epoch} against {len(rows)} discriminators, {args.samples} fixed fakes")
     print_table(rows, bands)
-    csv_path, png_path = write_outputs(rows, bands, verdict, gen_epoch, folder)
+    csv_path, png_path = write_outputs(rows, bands, verdict, gen_epoch, folder, samples=args.samples)
     print(f"verdict: {verdict}")
     print(f"wrote {png_path} and {csv_path}")
+    print(f"run report: {write_report(folder)} (open it in a browser)")
     return 0
 
 

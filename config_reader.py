@@ -10,6 +10,7 @@ range raises ValueError naming the key, the value and what is allowed.
 """
 
 import copy
+import sys
 import difflib
 from pathlib import Path
 
@@ -277,20 +278,40 @@ def config_from_checkpoint(raw, source):
     return validate(raw, source=source)
 
 
-def apply_override(raw, assignment):
-    """Set one 'section.key=value' (value parsed as YAML: 2, 1e-4, true, latest, [0.5, 0.9]) in raw."""
+def resolve_key(path, assignment=None):
+    """(section, key) for an override's key: 'section.key', or a bare 'key' that only one section has."""
+    where = f"--set {assignment!r}" if assignment else f"key {path!r}"
+    parts = path.strip().split(".")
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    if len(parts) != 1 or not parts[0]:
+        raise ValueError(f"{where}: the key must be section.key or a bare key, for example training.epochs=5 "
+                         f"(sections: {', '.join(SCHEMA)})")
+    key = parts[0]
+    sections = [section for section, fields in SCHEMA.items() if key in fields]
+    if len(sections) == 1:
+        return sections[0], key
+    if sections:
+        raise ValueError(f"{where}: {key} is in {len(sections)} sections, so say which: "
+                         + "; ".join(f"{section}.{key} ({SCHEMA[section][key].help})" for section in sections))
+    every = [name for fields in SCHEMA.values() for name in fields]
+    raise ValueError(f"{where}: no section has a key {key!r}{suggest(key, every)} (see config.yaml for the keys)")
+
+
+def apply_override(raw, assignment, note=None):
+    """Set one 'section.key=value' (value parsed as YAML: 2, 1e-4, true, latest, [0.5, 0.9]) in raw. A bare
+    'key=value' works when only one section has that key; note(text) (default: print to stderr) then says which."""
     if "=" not in assignment:
         raise ValueError(f"--set {assignment!r}: expected section.key=value, for example model.num_layers=2")
     path, text = assignment.split("=", 1)
-    parts = path.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"--set {assignment!r}: the key must be section.key, for example training.epochs=5 "
-                         f"(sections: {', '.join(SCHEMA)})")
+    section_name, key = resolve_key(path, assignment)
+    if "." not in path:
+        (note or (lambda line: print(line, file=sys.stderr)))(f"--set {path.strip()}: means {section_name}.{key}")
     value = yaml.safe_load(text) if text.strip() else ""
-    section = raw.setdefault(parts[0], {})
+    section = raw.setdefault(section_name, {})
     if not isinstance(section, dict):
-        raise ValueError(f"--set {assignment!r}: {parts[0]} is not a section")
-    section[parts[1]] = value
+        raise ValueError(f"--set {assignment!r}: {section_name} is not a section")
+    section[key] = value
     return raw
 
 

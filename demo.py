@@ -162,12 +162,14 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(run_dir, overrides=(), song_seconds=75, clip_seconds=20, chunk_seconds=2, songs=None, log=print):
-    """The whole pipeline on the rendered collection, under run_dir. Returns 0 on success."""
+def run_demo(run_dir, train, overrides=(), song_seconds=75, clip_seconds=20, chunk_seconds=2, songs=None, log=print):
+    """The whole pipeline on the rendered collection, under run_dir. Returns 0 on success.
+
+    train(argv) is piano_main.main, which calls this for --demo and passes itself (so the two modules do not
+    import each other)."""
     import check_discriminator
     import create_dataset
     import generate
-    import piano_main
     import prepare_dataset
     from config_reader import apply_override, validate, write_config
 
@@ -194,7 +196,7 @@ def run_demo(run_dir, overrides=(), song_seconds=75, clip_seconds=20, chunk_seco
         shutil.rmtree(run_dir / old, ignore_errors=True)
     write_config(config, run_dir / "demo_config.yaml")
     log(f"4/7 training the demo preset ({config['training']['epochs']} epochs; config in {run_dir / 'demo_config.yaml'})")
-    status = piano_main.main(["--config", str(run_dir / "demo_config.yaml"), "--device", "cpu"])
+    status = train(["--config", str(run_dir / "demo_config.yaml"), "--device", "cpu"])
     if status != 0:
         return status
     folder = str(run_dir / "checkpoints")
@@ -216,7 +218,10 @@ Demo finished. Everything is under {run_dir}:
                 vae_losses.png (stage one: the VAE)
   sweep:        {run_dir / 'checkpoints' / 'discriminator_over_epochs.png'} and .csv
   checkpoints:  {run_dir / 'checkpoints'}
+  report:       {run_dir / 'checkpoints' / 'report.html'} (all of the above on one page)
 The demo's models are small and trained for minutes: the generated pieces should show notes and
 their onsets, not polished music; the reconstruction is the most any generator on this VAE can sound.
-Train on your own collection with config.yaml (see README.md).""")
+Train on your own collection with config.yaml (see README.md).
+
+To see and hear the whole run on one page, open {run_dir / 'checkpoints' / 'report.html'} in a browser.""")
     return 0

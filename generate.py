@@ -36,6 +36,7 @@ import torch
 
 from config_reader import config_from_checkpoint
 from discriminator import build_discriminator
+from report import report_path
 from utilities import CheckpointError, checkpoint_path, load_checkpoint, load_generator, run_folder
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -112,7 +113,7 @@ def plot_audio(audio, sample_rate, path, title):
 
 def discriminator_scores(folder, epoch, config, segments, device, batch_size=8):
     """Mean discriminator logit per piece over its segments: higher is rated more real."""
-    state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch), device)
+    state = load_checkpoint(checkpoint_path(folder, "discriminator", epoch))
     disc = build_discriminator(config_from_checkpoint(state["config"], source=f"discriminator_epoch_{epoch}.pt")).to(device).eval()
     disc.load_state_dict(state["model_state_dict"])
     count, per_piece = segments.shape[:2]
@@ -144,24 +145,12 @@ def reconstruct_paths(target):
     return [target]
 
 
-def reconstruct_audio(vae, audio, peak, device):
-    """(2, T) float32 at the model's rate -> its reconstruction, (2, T), at the same level."""
-    length = audio.shape[1]
-    padded = -(-length // vae.frame_samples) * vae.frame_samples
-    x = torch.zeros(1, audio.shape[0], padded)
-    x[0, :, :length] = torch.from_numpy(audio) / peak  # the level training saw: divided by its global peak
-    x = x.to(device)
-    with torch.inference_mode():
-        mu, _ = vae.encode_long(x)
-        return (vae.decode_long(mu)[0, :, :length].float().cpu() * peak).numpy()
-
-
 def reconstruct(args):
     """generate.py --reconstruct: each file through the VAE, written beside a copy of the input. Returns the exit status."""
     import soundfile
 
     from prepare_dataset import PrepareError, decode_audio
-    from vae_utilities import VAE_FILE, load_vae
+    from vae_utilities import VAE_FILE, load_vae, reconstruct_audio
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae_path = Path(args.vae) if args.vae else run_folder(args.checkpoint_folder, args.config) / VAE_FILE
@@ -267,6 +256,7 @@ def main(argv=None):
         if not args.no_plots:
             plot_audio(audio, sample_rate, out / f"{name}.png", f"{path.name}: epoch {epoch}{score}")
         print(f"wrote {path} ({args.seconds:g} s, {sample_rate} Hz{score})")
+    print(f"run report: {report_path(folder)} (training's samples, curves and health; open it in a browser)")
     return 0
 
 

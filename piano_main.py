@@ -40,10 +40,12 @@ from piano_encoder_decoder import vae_from_config
 from piano_model import AudioDataset, LatentWindows, build_generator, latent_statistics
 from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
 from piano_train import VAE_PANELS, GANRun, TrainingStopped, pretrain_latent_discriminator, train_vae_gan, write_metrics
+from report import write_report_safely
 from update_checkpoint import update_checkpoint
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
-from vae_utilities import (VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache, read_vae_checkpoint,
-                           restore_rng_states, save_checkpoint, vae_fingerprint, vae_from_checkpoint)
+from vae_utilities import (RECONSTRUCTIONS_DIR, VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache,
+                           read_vae_checkpoint, restore_rng_states, save_checkpoint, vae_fingerprint,
+                           vae_from_checkpoint, write_reconstructions)
 
 
 def check_dataset_matches(info, config, dataset_dir):
@@ -150,13 +152,23 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
     total = v["epochs"] + v["adversarial_epochs"]
     more_epochs = (state is not None and not gan_started and state.get("stop_reason") == "done"
                    and state["epoch"] < total)  # vae.epochs was raised before the GAN stage began
-    if state is None or not state.get("complete") or more_epochs:
+    trained = state is None or not state.get("complete") or more_epochs
+    if trained:
         status = train_vae(config, device, info, autocast, state, deadline, log)
         if status == "interrupted":
             return None, status
         state = read_vae_checkpoint(path, config)
     vae = vae_from_checkpoint(state, path, device)
     vae.requires_grad_(False)
+    recon_folder = Path(out["music_out_folder"]) / RECONSTRUCTIONS_DIR
+    if out["samples_per_save"] and (trained or not any(recon_folder.glob("*.wav"))):
+        split = "validation" if info["pairs"]["validation"] else "training"
+        chunks = AudioDataset.from_dataset_dir(dataset_dir, split, info["chunk_samples"], random_crop=False,
+                                               normalization="peak")
+        write_reconstructions(vae, chunks, recon_folder, out["samples_per_save"], info["peak"], info["sample_rate"],
+                              device)
+        log(f"stage one: {split} pairs and their reconstructions by the VAE in {recon_folder}")
+    write_report_safely(folder, log)
     fingerprint = vae_fingerprint(vae)
     problem = latent_cache_problem(folder, fingerprint, dataset_dir)
     if problem:
@@ -207,6 +219,7 @@ def train_vae(config, device, info, autocast, state, deadline, log):
                         sample_rate=int(info["sample_rate"]), fingerprint=vae_fingerprint(vae), **extra)
         if history:
             write_metrics(history, folder, name="vae_metrics", panels=VAE_PANELS, plot_name="vae_losses.png")
+        write_report_safely(folder, log)
 
     vae_deadline = deadline
     if v["time_budget_minutes"]:
@@ -320,16 +333,20 @@ def run(config, device, log=print):
             pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,
                                    log=log)
     history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
+    report = write_report_safely(folder, log)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
+    if report:
+        log(f"run report: {report} (open it in a browser)")
     return status
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key, for example --set training.epochs=5 (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
+                        help="override one config key, for example --set training.epochs=5 (repeatable). A bare key "
+                             "(--set r1_weight=2) works when one section has it; an ambiguous one lists the sections")
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:1 or cpu (default: cuda when available, else cpu)")
     parser.add_argument("--demo", action="store_true",
@@ -341,7 +358,7 @@ def main(argv=None):
         import demo
 
         try:
-            return demo.run_demo(args.demo_dir, args.set)
+            return demo.run_demo(args.demo_dir, main, args.set)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

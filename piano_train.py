@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discriminator_loss, feature_matching_loss,
                             generator_adversarial_loss, generator_loss, r1_penalty, reconstruction_loss)
+from report import write_report_safely
 from utilities import checkpoint_path, forked_rng
 from vae_utilities import save_checkpoint
 
@@ -306,7 +307,9 @@ GAN_PANELS = [("Discriminator", ["d/total", "d/adversarial"], [(0.4, 0.7, "healt
               ("Generator", ["g/total", "g/adversarial"], [(BCE_CONFUSION, BCE_CONFUSION, "confusion")]),
               ("Reconstruction", ["g/recon", "val/recon"], [(0.4, 0.5, "good")]),
               ("Validation: D accuracy", ["val/d_accuracy_real", "val/d_accuracy_fake"], []),
-              ("Fréchet distance to validation (lower is closer)", ["val/frechet"], [])]
+              ("Fréchet distance to validation (lower is closer)", ["val/frechet"], []),
+              ("Spectral motion (dB): samples, real audio",
+               ["val/spectral_motion_db", "val/spectral_motion_db_real"], [])]
 
 
 def gan_panels(kind):
@@ -318,7 +321,7 @@ def gan_panels(kind):
             ("Generator", ["g/total", "g/adversarial"], [(confusion, confusion, "confusion")]),
             ("Reconstruction (seed) / R1 (latent)", ["g/recon", "val/recon", "d/r1", "r1_weight"],
              [(0.4, 0.5, "good recon")] if kind == "bce" else []),
-            GAN_PANELS[3], GAN_PANELS[4]]
+            *GAN_PANELS[3:]]
 
 
 VAE_PANELS = [("VAE: multi-resolution STFT distance (paired)", ["vae/stft", "val/stft"], []),
@@ -469,7 +472,9 @@ def frechet_to_validation(generator, val_audio, samples, seed, device):
     real = validation_clips(val_audio, samples)
     fake = generator_clips(generator, len(real), seed, device, samples=real[0].shape[-1])
     result = compare(real, fake, val_audio.info["sample_rate"])
-    return {"val/frechet": result["frechet"], "val/spectral_motion_db": result["spectral_motion_db"]["fake"]}
+    motion = result["spectral_motion_db"]
+    return {"val/frechet": result["frechet"], "val/spectral_motion_db": motion["fake"],
+            "val/spectral_motion_db_real": motion["real"]}
 
 
 class GANRun:
@@ -652,6 +657,8 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
             run.save(epoch, history)
             last_saved = epoch
         write_metrics(history, run.folder, panels=gan_panels(t["adversarial_loss"]))
+        if row.get("checkpoint"):
+            write_report_safely(run.folder, log)
         log_epoch(row, log)
         if out_of_time:
             log(f"time budget of {t['time_budget_minutes']:g} minutes used up after epoch {epoch}")

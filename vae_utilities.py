@@ -272,3 +272,38 @@ def load_latent_cache(folder, fingerprint, dataset_dir):
                                    f"says; delete {out} and run piano_main.py again")
         cache[split] = array
     return cache
+
+
+def reconstruct_audio(vae, audio, peak, device):
+    """(2, T) float32 at the model's rate -> its reconstruction, (2, T), at the same level."""
+    length = audio.shape[1]
+    padded = -(-length // vae.frame_samples) * vae.frame_samples
+    x = torch.zeros(1, audio.shape[0], padded)
+    x[0, :, :length] = torch.from_numpy(audio) / peak  # the level training saw: divided by its global peak
+    x = x.to(device)
+    with torch.inference_mode():
+        mu, _ = vae.encode_long(x)
+        return (vae.decode_long(mu)[0, :, :length].float().cpu() * peak).numpy()
+
+
+RECONSTRUCTIONS_DIR = "vae"  # under output.music_out_folder
+
+
+def write_reconstructions(vae, dataset, folder, count, peak, sample_rate, device):
+    """count pairs of the dataset (evenly spread; each a chunk and its continuation, joined) and their
+    reconstructions by the VAE, as folder/pair_N.original.wav and pair_N.reconstruction.wav at the dataset's
+    level. Returns the paths written."""
+    import soundfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = len(dataset) // 2
+    paths = []
+    for index in sorted(set(np.linspace(0, pairs - 1, min(count, pairs)).round().astype(int).tolist())):
+        audio = torch.cat([dataset[2 * index][0], dataset[2 * index + 1][0]], dim=-1).numpy() * peak
+        recon = reconstruct_audio(vae, audio, peak, device)
+        for kind, signal in (("original", audio), ("reconstruction", recon)):
+            path = folder / f"pair_{index}.{kind}.wav"
+            soundfile.write(path, np.clip(signal, -1, 1).T, sample_rate, subtype="PCM_16")
+            paths.append(path)
+    return paths

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiment import run  # noqa: E402  (bench/ is on the path of a script run from it)
-from evaluate import compare, loudness_pulse, spectral_motion_db, tonal_lines_db  # noqa: E402
+from evaluate import compare, loudness_pulse, tonal_lines_db  # noqa: E402
 from config_reader import config_from_checkpoint  # noqa: E402
 from piano_pretrain import VAE_STFT_SIZES, vae_segment  # noqa: E402
 from prepare_dataset import decode_audio  # noqa: E402

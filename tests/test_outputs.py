@@ -160,7 +160,7 @@ def test_the_demo_runs_end_to_end_with_a_tiny_preset(tmp_path, capsys):
     overrides = ["training.epochs=1", "data.steps_per_epoch=2", "training.pretrain_discriminator_epochs=1",
                  "model.seq_len=3000", "model.latent_seq_len=20", "model.num_layers=1", "vae.epochs=1",
                  "vae.width=16", "vae.layers=1"]
-    code = demo.run_demo(tmp_path, overrides, song_seconds=9, clip_seconds=4, chunk_seconds=1,
+    code = demo.run_demo(tmp_path, piano_main.main, overrides, song_seconds=9, clip_seconds=4, chunk_seconds=1,
                          songs=["ode_to_joy", "twinkle_twinkle", "greensleeves"])
     assert code == 0
     out = capsys.readouterr().out

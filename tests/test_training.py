@@ -188,6 +188,25 @@ def test_config_yaml_is_the_schema_and_overrides_nest():
     assert config_reader.validate(config_reader.apply_override({}, "training.learning_rate=1e-4"))["training"]["learning_rate"] == 1e-4
 
 
+def test_a_bare_set_key_resolves_when_one_section_has_it(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  epochs: 3\n")
+    loaded = config_reader.load_config_from_yaml(config, ["r1_weight=2.5", "style_dim=8"])
+    assert loaded["training"]["r1_weight"] == 2.5 and loaded["model"]["style_dim"] == 8
+    assert "--set r1_weight: means training.r1_weight" in capsys.readouterr().err
+
+
+def test_an_ambiguous_or_unknown_bare_set_key_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"batch_size is in 2 sections.*data\.batch_size.*training\.batch_size"):
+        config_reader.apply_override({}, "batch_size=16")
+    with pytest.raises(ValueError, match=r"no section has a key 'epoch'; did you mean 'epochs'"):
+        config_reader.apply_override({}, "epoch=3")
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  epochs: 3\n")
+    assert piano_main.main(["--config", str(config), "--set", "batch_size=16"]) == 2  # the CLI says it, no traceback
+    assert "data.batch_size" in capsys.readouterr().err
+
+
 def test_nan_losses_are_skipped_then_stop_the_run(tmp_path, dataset, monkeypatch, capsys):
     real = piano_train.discriminator_adversarial_loss
     calls = {"n": 0}
