@@ -36,6 +36,9 @@ DEFAULT_LOSS_WEIGHTS = {**{name: 0.0 for name in SEED_LOSS_WEIGHTS}, "adversaria
 LATENT_LOSS_WEIGHTS = ("adversarial", "feature_matching")  # the terms that apply to latents
 
 
+RENAMED_KEYS = {("training", "batch_size"): "gan_batch_size"}  # (section, old key): new key; read as the new one
+
+
 class Field:
     """One config key: its default, its kind ("int", "float", "bool", "str", "floats", "resume") and limits."""
 
@@ -143,7 +146,7 @@ SCHEMA = {
         "learning_rate_disc": Field(1e-4, "float", "discriminator learning rate", low=0.0),
         "betas": Field([0.5, 0.9], "floats", "Adam betas for both optimizers", low=0.0, high=0.9999),
         "accumulation_steps": Field(1, "int", "batches whose gradients add up to one update", low=1),
-        "batch_size": Field(32, "int", "latent: windows per GAN batch (data.batch_size is the VAE's and the seed's)", low=2),
+        "gan_batch_size": Field(32, "int", "latent: windows per GAN batch (data.batch_size is the VAE's and the seed's)", low=2),
         "generator_updates": Field(2, "int", "seed: generator updates per discriminator update", low=1),
         "smoothing": Field(0.1, "float", "one-sided label smoothing of the real label (bce only)", low=0.0, high=0.5),
         "grad_clip": Field(0.0, "float", "clip gradient norms to this; 0 is off", low=0.0),
@@ -152,7 +155,8 @@ SCHEMA = {
         "r1_adaptive": Field(True, "bool", "latent: raise the R1 weight (up to 10) while D is overconfident on real latents, lower it (down to r1_weight) when not (Musika)"),
         "ema_decay": Field(0.999, "float", "latent: decay of the generator's EMA copy, which samples, the sweep and generate.py use", low=0.0, high=0.99999),
         "keys": Field(33, "int", "seed: segments a waveform is split into by the segment losses", low=1),
-        "precision": Field("auto", "str", "auto: bf16 on a GPU, fp32 on the CPU", choices=("auto", "fp32", "bf16", "fp16")),
+        "compile": Field(False, "bool", "torch.compile the VAE, the generator's transformer and (without R1, whose double backward it cannot compile) the discriminator; the first steps spend minutes compiling, so it is for long GPU runs"),
+        "precision": Field("auto", "str", "auto: bf16 on a GPU of compute capability 8 or more, else fp16 with a GradScaler; on the CPU, bf16 where a probe finds it faster, else fp32 (printed at the start)", choices=("auto", "fp32", "bf16", "fp16")),
         "seed": Field(0, "int", "seed of every random number generator", low=0),
         "pretrain_generator_epochs": Field(1, "int", "seed: epochs of reconstruction-only generator training first", low=0),
         "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
@@ -170,6 +174,7 @@ SCHEMA = {
         "samples_per_save": Field(3, "int", "audio samples written each time", low=0),
         "resume_from_checkpoint": Field(False, "resume", "an epoch number, latest, or false to start afresh"),
         "update_discriminator": Field(False, "bool", "on resume, load a discriminator whose architecture changed"),
+        "tensorboard": Field(True, "bool", "TensorBoard event files in checkpoint_folder/tensorboard: scalars per step, epoch means, health, audio and spectrograms (tensorboard --logdir checkpoint_folder)"),
     },
 }
 LOSS_HELP = {  # one line per loss weight, for config.yaml and the README
@@ -229,6 +234,7 @@ def validate(raw, source="config"):
                     continue  # written by an older config.yaml, which listed every term
                 raise ValueError(f"{source}: loss_weights.{key} is no longer a loss term (no preset used it, and "
                                  f"it was removed); delete that line")
+            key = RENAMED_KEYS.get((section, key), key)  # an earlier name, in an older config or checkpoint
             if key not in SCHEMA[section]:
                 homes = [s for s, fields in SCHEMA.items() if key in fields]
                 hint = (f"; {key!r} belongs in section " + " or ".join(map(repr, homes)) if homes
@@ -294,8 +300,10 @@ def resolve_key(path, assignment=None):
     if sections:
         raise ValueError(f"{where}: {key} is in {len(sections)} sections, so say which: "
                          + "; ".join(f"{section}.{key} ({SCHEMA[section][key].help})" for section in sections))
-    every = [name for fields in SCHEMA.values() for name in fields]
-    raise ValueError(f"{where}: no section has a key {key!r}{suggest(key, every)} (see config.yaml for the keys)")
+    every = {f"{section}.{name}": name for section, fields in SCHEMA.items() for name in fields}
+    close = difflib.get_close_matches(key, set(every.values()), n=1, cutoff=0.5)
+    hint = (f"; did you mean {' or '.join(k for k, name in every.items() if name == close[0])}?" if close else "")
+    raise ValueError(f"{where}: no section has a key {key!r}{hint} (see config.yaml for the keys)")
 
 
 def apply_override(raw, assignment, note=None):

@@ -157,7 +157,7 @@ DEMO_CONFIG = {
               "context": 8, "noise_dim": 32, "style_dim": 32},
     "vae": {"width": 96, "latent_dim": 32, "layers": 2, "epochs": 40, "kl_warmup_steps": 200},
     "discriminator": {"n_channels": 64},
-    "training": {"epochs": 30, "batch_size": 16, "pretrain_discriminator_epochs": 1, "eval_every": 10},
+    "training": {"epochs": 30, "gan_batch_size": 16, "pretrain_discriminator_epochs": 1, "eval_every": 10},
     "output": {"save_after_nepochs": 10, "samples_per_save": 2},
 }
 

@@ -36,7 +36,7 @@ import torch
 
 from config_reader import config_from_checkpoint
 from discriminator import build_discriminator
-from report import report_path
+from report import report_line
 from utilities import CheckpointError, checkpoint_path, load_checkpoint, load_generator, run_folder
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -182,6 +182,8 @@ def reconstruct(args):
     if not written:
         print(f"error: none of the {len(paths)} file(s) could be decoded", file=sys.stderr)
         return 1
+    if (vae_path.parent / "config.yaml").exists():  # the VAE of a run: point at that run's report
+        report_line(vae_path.parent, "the VAE's own reconstructions are in it too")
     return 0
 
 
@@ -256,7 +258,7 @@ def main(argv=None):
         if not args.no_plots:
             plot_audio(audio, sample_rate, out / f"{name}.png", f"{path.name}: epoch {epoch}{score}")
         print(f"wrote {path} ({args.seconds:g} s, {sample_rate} Hz{score})")
-    print(f"run report: {report_path(folder)} (training's samples, curves and health; open it in a browser)")
+    report_line(folder, "training's samples, curves and health; open it in a browser")
     return 0
 
 

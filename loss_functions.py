@@ -207,11 +207,14 @@ def generator_adversarial_loss(fake_logits, kind="bce"):
     raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
 
 
-def r1_penalty(real_logits, real):
+def r1_penalty(real_logits, real, scale=1.0):
     """R1 (Mescheder et al. 2018): half the mean squared norm of D's gradient at the real samples, which
-    `real` must require. Keeps D smooth where the data is, so it cannot overfit the real set."""
-    grad, = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
-    return 0.5 * grad.float().pow(2).flatten(1).sum(dim=1).mean()
+    `real` must require. Keeps D smooth where the data is, so it cannot overfit the real set.
+
+    Under float16 autocast, pass the GradScaler's scale: the gradient is taken of the scaled logits, so small
+    gradients do not flush to zero in float16, and then divided back (as StyleGAN2-ADA does)."""
+    grad, = torch.autograd.grad(real_logits.float().sum() * scale, real, create_graph=True)
+    return 0.5 * (grad.float() / scale).pow(2).flatten(1).sum(dim=1).mean()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from discriminator import MultiResolutionSTFTDiscriminator
 from piano_encoder_decoder import vae_from_config
 from piano_model import AudioDataset, LatentWindows, build_generator, latent_statistics
 from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
-from piano_train import VAE_PANELS, GANRun, TrainingStopped, pretrain_latent_discriminator, train_vae_gan, write_metrics
+from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretrain_latent_discriminator, train_vae_gan,
+                         write_metrics)
 from report import write_report_safely
 from update_checkpoint import update_checkpoint
 from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
@@ -70,11 +71,53 @@ def check_dataset_matches(info, config, dataset_dir):
         raise DatasetError(f"{dataset_dir} does not match the config: " + "; and ".join(problems) + ".")
 
 
-def precision_setup(config, device):
-    """(name, autocast factory, GradScaler for G, for D) for training.precision on this device."""
+def cpu_bf16_speedup(seconds=0.3):
+    """How many times faster a bfloat16 matmul (under autocast, as training runs it) is than float32 on this
+    CPU: the better of repeated timings of both, about `seconds` in all."""
+    a, b = torch.randn(256, 1024), torch.randn(1024, 1024)
+
+    def best(dtype):
+        fastest, spent = float("inf"), 0.0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            (a @ b).sum()  # warm-up
+            while spent < seconds / 2:
+                started = time.perf_counter()
+                for _ in range(4):
+                    a @ b
+                took = time.perf_counter() - started
+                fastest, spent = min(fastest, took), spent + took
+        return fastest
+
+    return best(torch.float32) / best(torch.bfloat16)
+
+
+def auto_precision(device):
+    """(precision, why) for training.precision: auto on this device."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        if major >= 8:
+            return "bf16", f"{name} has compute capability {major}.{minor}: native bfloat16"
+        return "fp16", (f"{name} has compute capability {major}.{minor}, below 8.0, where bfloat16 is emulated: "
+                        f"float16 with a GradScaler")
+    if device.type != "cpu":
+        return "fp32", f"{device.type} is neither a CUDA GPU nor the CPU"
+    speedup = cpu_bf16_speedup()
+    if speedup >= 1.3:
+        return "bf16", f"a bfloat16 matmul ran {speedup:.1f}x as fast as float32 on this CPU"
+    return "fp32", f"a bfloat16 matmul ran only {speedup:.2f}x as fast as float32 on this CPU"
+
+
+def precision_setup(config, device, resumed_precision=None, log=print):
+    """(name, autocast factory, GradScaler for G, for D) for training.precision on this device. auto is decided
+    here (and printed, with the reason); a resumed run keeps what the run it resumes decided."""
     precision = config["training"]["precision"]
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+        if resumed_precision not in (None, "auto"):
+            precision, why = resumed_precision, "as the run being resumed chose"
+        else:
+            precision, why = auto_precision(device)
+        log(f"precision: {precision} ({why}; set training.precision to choose)")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("training.precision: fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
     if precision == "fp32":
@@ -83,6 +126,15 @@ def precision_setup(config, device):
     autocast = partial(torch.autocast, device.type, dtype=dtype)
     scalers = [torch.amp.GradScaler(device.type) for _ in range(2)] if precision == "fp16" else [None, None]
     return precision, autocast, *scalers
+
+
+def configure_cuda(device):
+    """The usual settings for training on a GPU: cuDNN picks its fastest kernels for our fixed shapes, and float32
+    matmuls and convolutions use TF32 tensor cores (on compute capability 8 and above)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def resolve_resume(config):
@@ -113,6 +165,36 @@ def resolve_resume(config):
         raise CheckpointError(f"no checkpoint of epoch {wanted} in {folder}; epochs there: "
                               f"{', '.join(map(str, epochs))}")
     return wanted
+
+
+def compile_models(generator, discriminator, r1_weight, log=print):
+    """training.compile: torch.compile what training runs, in place, so state dicts (and checkpoints) keep the
+    plain modules' keys. The latent generator's training path is its transformer (_latents); the seed's is forward.
+    The discriminator stays eager under R1, whose double backward torch.compile does not support."""
+    if getattr(generator, "architecture", "seed") == "latent":
+        generator._latents = torch.compile(generator._latents)
+    else:
+        generator.compile()
+    if r1_weight:
+        log("training.compile: the generator is compiled; the discriminator stays eager, because R1 "
+            "(training.r1_weight) needs a double backward, which torch.compile does not support")
+    else:
+        discriminator.compile()
+        log("training.compile: the generator and discriminator are compiled (their first steps take a while)")
+
+
+def resuming_vae(config):
+    """True when the checkpoint folder holds a VAE that this run goes on from (stage one, or the GAN after it)."""
+    return config["vae"]["enabled"] and (Path(config["output"]["checkpoint_folder"]) / VAE_FILE).exists()
+
+
+def folder_config_precision(config):
+    """training.precision in the config.yaml that the run being resumed wrote to its folder, or None."""
+    path = Path(config["output"]["checkpoint_folder"]) / "config.yaml"
+    try:
+        return load_config_from_yaml(path)["training"]["precision"] if path.exists() else None
+    except ValueError:
+        return None
 
 
 def load_model_state(model, state, path):
@@ -165,8 +247,11 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         split = "validation" if info["pairs"]["validation"] else "training"
         chunks = AudioDataset.from_dataset_dir(dataset_dir, split, info["chunk_samples"], random_crop=False,
                                                normalization="peak")
-        write_reconstructions(vae, chunks, recon_folder, out["samples_per_save"], info["peak"], info["sample_rate"],
-                              device)
+        paths = write_reconstructions(vae, chunks, recon_folder, out["samples_per_save"], info["peak"],
+                                      info["sample_rate"], device)
+        board = TensorBoard(folder, "vae", out["tensorboard"])
+        board.audio(paths, state["step"], prefix="reconstructions")
+        board.close()
         log(f"stage one: {split} pairs and their reconstructions by the VAE in {recon_folder}")
     write_report_safely(folder, log)
     fingerprint = vae_fingerprint(vae)
@@ -190,6 +275,8 @@ def train_vae(config, device, info, autocast, state, deadline, log):
                 if info["pairs"]["validation"] else None)
     channels = config["model"]["sound_channels"]
     vae = vae_from_config(v, channels).to(device)
+    if config["training"]["compile"]:
+        vae.compile()
     optim = torch.optim.Adam(vae.parameters(), v["learning_rate"], betas=(0.9, 0.999))
     discriminator = optim_d = None
     if v["adversarial_epochs"]:
@@ -205,6 +292,7 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         restore_rng_states(state["rng_states"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["metrics"]
         log(f"stage one: resuming the VAE after epoch {state['epoch']}")
+    board = TensorBoard(folder, "vae", config["output"]["tensorboard"], resume_step=step if state else None)
     log(f"stage one: a VAE of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
         f"{info['sample_rate'] / vae.frame_samples:.1f} latent frames per second x {v['latent_dim']}; "
         f"{len(train_data)} training chunks, crops of {segment} samples")
@@ -225,10 +313,12 @@ def train_vae(config, device, info, autocast, state, deadline, log):
     if v["time_budget_minutes"]:
         own = time.monotonic() + 60 * v["time_budget_minutes"]
         vae_deadline = own if deadline is None else min(own, deadline)
-    history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast,
+    scaler = torch.amp.GradScaler(device.type) if config["training"]["precision"] == "fp16" else None
+    history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast, scaler=scaler,
                                          start_epoch=start_epoch, step=step, history=history,
                                          discriminator=discriminator, optim_d=optim_d, save=save,
-                                         deadline=vae_deadline, log=log)
+                                         deadline=vae_deadline, log=log, board=board)
+    board.close()
     if status != "interrupted":
         save(history[-1]["epoch"] if history else 0, history, step, complete=True, stop_reason=status)
     return status
@@ -259,7 +349,11 @@ def run(config, device, log=print):
     check_dataset_matches(info, config, dataset_dir)
     resume_epoch = resolve_resume(config)
 
-    precision, autocast, scaler_g, scaler_d = precision_setup(config, device)
+    previous = folder_config_precision(config) if resume_epoch is not None or resuming_vae(config) else None
+    precision, autocast, scaler_g, scaler_d = precision_setup(config, device, previous, log)
+    config = {**config, "training": {**t, "precision": precision}}  # the folder's config.yaml records the choice
+    t = config["training"]
+    configure_cuda(device)
     if device.type == "cpu":
         configure_cpu_memory(precision)
     torch.manual_seed(t["seed"])
@@ -289,6 +383,8 @@ def run(config, device, log=print):
                                 if info["pairs"]["validation"] else None)
         stft = MultiResolutionSTFTLoss().to(device) if config["loss_weights"]["stft"] else None
     ema = copy.deepcopy(generator).requires_grad_(False) if latent else None
+    if t["compile"]:
+        compile_models(generator, discriminator, t["r1_weight"] if latent else 0.0, log)
     log(f"MusiGAN ({config['model']['architecture']} GAN) on {device} ({precision}): generator "
         f"{sum(p.numel() for p in g_params) / 1e6:.2f} M trained parameters, discriminator "
         f"{sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; {len(train_data)} training "
@@ -317,9 +413,10 @@ def run(config, device, log=print):
         start_epoch = resume_epoch + 1
         log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
 
+    board = TensorBoard(folder, "gan", out["tensorboard"], resume_step=gan_state.get("step"))
     gan = GANRun(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, ema=ema,
                  val_audio=val_audio, scaler_g=scaler_g, scaler_d=scaler_d, autocast=autocast, stft=stft,
-                 sample_rate=info["sample_rate"], log=log, **gan_state)
+                 sample_rate=info["sample_rate"], log=log, board=board, **gan_state)
     if resume_epoch is None:
         if latent:
             try:
@@ -327,13 +424,17 @@ def run(config, device, log=print):
             except KeyboardInterrupt:
                 log(f"\nInterrupted while pretraining the discriminator; the VAE and its latent cache in {folder} are "
                     f"kept. To continue: --set output.resume_from_checkpoint=latest")
+                board.close()
                 return "interrupted"
         else:  # the seed's pretraining: (unpaired) reconstruction, then the discriminator
             pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
             pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,
                                    log=log)
-    history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
-    report = write_report_safely(folder, log)
+    try:
+        history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
+    finally:  # a run stopped by NaNs is the one most worth looking at
+        board.close()
+        report = write_report_safely(folder, log)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
     if report:

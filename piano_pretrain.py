@@ -135,12 +135,14 @@ def validate_vae(vae, val_data, stft, device, autocast, max_chunks=64, batch_siz
 
 
 def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=None, scaler=None, start_epoch=1,
-                 step=0, history=None, discriminator=None, optim_d=None, save=None, deadline=None, log=print):
+                 step=0, history=None, discriminator=None, optim_d=None, save=None, deadline=None, log=print,
+                 board=None):
     """Stage one: vae.epochs of reconstruction, then vae.adversarial_epochs of decoder fine-tuning.
 
     Epochs are numbered through both phases (1 .. epochs + adversarial_epochs), so start_epoch resumes either.
     train_data and val_data are AudioDatasets with normalization="peak". save(epoch, history, step, partial)
-    is called after every epoch and on Ctrl-C. Returns (history, step, status): "done", "interrupted" or
+    is called after every epoch and on Ctrl-C. board (a piano_train.TensorBoard) gets every step's terms and
+    every epoch's means. Returns (history, step, status): "done", "interrupted" or
     "out of time".
     """
     v, t = config["vae"], config["training"]
@@ -207,6 +209,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                                           f"(epoch {epoch}); stopping. Try a lower vae.learning_rate or "
                                           f"vae.grad_clip.")
                 values = dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist()))
+                if board is not None:
+                    board.scalars("step", values, step)
                 for key, value in values.items():
                     if math.isfinite(value):
                         sums[key] = sums.get(key, 0.0) + value
@@ -231,6 +235,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         row["seconds"] = round(seconds, 2)
         row["audio_seconds_per_second"] = round(count * seconds_per_batch / seconds, 1)
         history.append(row)
+        if board is not None:
+            board.epoch(row, step)
         if save:
             save(epoch, history, step, partial=False)
         log(f"VAE epoch {epoch} ({phase}): STFT distance {row.get('vae/stft', float('nan')):.4f} "

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discriminator_loss, feature_matching_loss,
                             generator_adversarial_loss, generator_loss, r1_penalty, reconstruction_loss)
 from report import write_report_safely
-from utilities import checkpoint_path, forked_rng
+from utilities import checkpoint_path, forked_rng, write_wav
 from vae_utilities import save_checkpoint
 
 
@@ -144,7 +144,8 @@ def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind=
                 real_audio = generator.decode(real.detach())
             d_adv = d_adv + discriminator_adversarial_loss(audio_d(real_audio), audio_d(fake_audio.detach()), kind,
                                                            smoothing)
-    r1 = r1_penalty(real_logits, real) if r1_weight else torch.zeros((), device=real.device)
+    r1 = (r1_penalty(real_logits, real, scale=scaler_d.get_scale() if scaler_d else 1.0) if r1_weight
+          else torch.zeros((), device=real.device))
     d_total = d_adv + r1_weight * r1
     optim_d.zero_grad(set_to_none=True)
     (scaler_d.scale(d_total) if scaler_d else d_total).backward()
@@ -380,6 +381,63 @@ def plot_losses(history, path, panels=GAN_PANELS):
     os.replace(tmp, path)
 
 
+class TensorBoard:
+    """TensorBoard event files of one stage, checkpoint_folder/tensorboard/<stage> (output.tensorboard): scalars
+    per step, epoch means and health verdicts, audio samples and their spectrograms, all on the stage's global step.
+    A resumed run purges what a killed one logged after its checkpoint. With enabled=False every call is a no-op."""
+
+    def __init__(self, folder, stage, enabled=True, resume_step=None):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(folder) / "tensorboard" / stage), purge_step=resume_step,
+                                        flush_secs=30)
+
+    def scalars(self, prefix, values, step):
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def epoch(self, row, step):
+        """An epoch's means (prefix epoch/) and its health verdicts as text."""
+        if self.writer is None:
+            return
+        self.scalars("epoch", row, step)
+        health = [f"**{key.split('/', 1)[1]}**: {value}" for key, value in row.items() if key.startswith("health/")]
+        if health:
+            self.writer.add_text("health", f"epoch {row['epoch']}: " + "  \n".join(health), step)
+
+    def audio(self, paths, step, prefix="samples"):
+        """WAV files as audio and spectrogram images, one tag per file name."""
+        if self.writer is None:
+            return
+        import matplotlib.pyplot as plt
+        import soundfile
+
+        from report import spectrogram_figure
+
+        for path in paths:
+            audio, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+            mono = audio.mean(axis=1)
+            tag = f"{prefix}/{Path(path).stem}"
+            self.writer.add_audio(tag, torch.from_numpy(mono), step, sample_rate=sample_rate)
+            fig = spectrogram_figure(mono, sample_rate)
+            self.writer.add_figure(f"{tag}/spectrogram", fig, step)
+            plt.close(fig)
+        self.writer.flush()
+
+    def flush(self):
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 def sample(generator, noise, autocast=None):
     """Waveforms (N, C, T) float32 on the CPU from fixed noise, in eval mode. Training's random streams are left
     alone (fork_rng): the seed's generator draws its reparameterization noise from the global generator."""
@@ -395,17 +453,12 @@ def sample(generator, noise, autocast=None):
 
 def write_samples(generator, noise, folder, sample_rate, autocast):
     """Generate from fixed noise and write peak-normalized 16-bit WAVs a person can play; return their paths."""
-    import soundfile
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, wave in enumerate(sample(generator, noise, autocast).numpy()):
         peak = float(np.abs(wave).max())
-        audio = wave / peak * 0.9 if peak > 0 else wave
-        path = folder / f"sample_{i}.wav"
-        soundfile.write(path, audio.T, sample_rate, subtype="PCM_16")
-        paths.append(path)
+        paths.append(write_wav(folder / f"sample_{i}.wav", wave / peak * 0.9 if peak > 0 else wave, sample_rate))
     return paths
 
 
@@ -483,12 +536,13 @@ class GANRun:
 
     def __init__(self, generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
                  ema=None, val_audio=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
-                 sample_rate=12000, log=print, step=0, r1_weight=None):
+                 sample_rate=12000, log=print, step=0, r1_weight=None, board=None):
         self.generator, self.discriminator, self.optim_g, self.optim_d = generator, discriminator, optim_g, optim_d
         self.train_data, self.val_data, self.val_audio = train_data, val_data, val_audio
         self.config, self.device, self.ema = config, device, ema
         self.scaler_g, self.scaler_d, self.autocast, self.stft = scaler_g, scaler_d, autocast or nullcontext, stft
         self.sample_rate, self.log, self.step = sample_rate, log, step
+        self.board = board or TensorBoard(None, "gan", enabled=False)
         t = config["training"]
         self.latent = config["model"]["architecture"] == "latent"
         self.r1_weight = t["r1_weight"] if r1_weight is None else r1_weight
@@ -502,7 +556,7 @@ class GANRun:
     def iterations(self):
         t, data = self.config["training"], self.config["data"]
         if self.latent:
-            count = max(1, 2 * len(self.train_data) // t["batch_size"])
+            count = max(1, 2 * len(self.train_data) // t["gan_batch_size"])
         else:
             count = len(self.train_data) // data["batch_size"] // t["accumulation_steps"]
         return min(count, data["steps_per_epoch"]) if data["steps_per_epoch"] else count
@@ -514,7 +568,7 @@ class GANRun:
         if self.latent:
             rng = torch.Generator().manual_seed(seed)
             for _ in range(self.iterations()):
-                yield self.train_data.batch(t["batch_size"], generator=rng).to(self.device, non_blocking=True)
+                yield self.train_data.batch(t["gan_batch_size"], generator=rng).to(self.device, non_blocking=True)
             return
         loader = iter(make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=seed, shuffle=True,
                                   device=self.device))
@@ -524,6 +578,7 @@ class GANRun:
     def train_step(self, batch, update_generator=True):
         t, w = self.config["training"], self.config["loss_weights"]
         if not self.latent:
+            self.step += 1
             return train_step(self.generator, self.discriminator, self.optim_g, self.optim_d, batch, weights=w,
                               keys=t["keys"], kind=t["adversarial_loss"], smoothing=t["smoothing"],
                               generator_updates=t["generator_updates"], stft=self.stft, autocast=self.autocast,
@@ -576,6 +631,8 @@ def run_epoch(run, epoch, desc, update_generator=True):
     try:
         for batch in run.batches(epoch):
             logs = run.train_step(batch, update_generator)
+            if update_generator:
+                run.board.scalars("step", logs, run.step)
             bad = logs["skipped/g"] + logs["skipped/d"]
             nonfinite_in_a_row = nonfinite_in_a_row + bad if bad else 0
             if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
@@ -651,13 +708,16 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
         out_of_time = deadline is not None and time.monotonic() >= deadline
         if epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time:
             if sample_noise is not None:
-                write_samples(run.sampler, sample_noise.to(run.device), Path(out["music_out_folder"]) / f"epoch_{epoch}",
-                              run.sample_rate, run.autocast)
+                paths = write_samples(run.sampler, sample_noise.to(run.device),
+                                      Path(out["music_out_folder"]) / f"epoch_{epoch}", run.sample_rate, run.autocast)
+                run.board.audio(paths, run.step)
             row["checkpoint"] = True
             run.save(epoch, history)
             last_saved = epoch
         write_metrics(history, run.folder, panels=gan_panels(t["adversarial_loss"]))
+        run.board.epoch(row, run.step)
         if row.get("checkpoint"):
+            run.board.flush()
             write_report_safely(run.folder, log)
         log_epoch(row, log)
         if out_of_time:

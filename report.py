@@ -20,6 +20,7 @@ import csv
 import html
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -31,6 +32,8 @@ import yaml
 REPORT_FILE = "report.html"
 MEDIA_DIR = "report"  # the report's own files, beside report.html
 SWEEP_FILE = "discriminator_over_epochs.json"  # written by check_discriminator.py
+SOURCES_FILE = "sources.json"  # in MEDIA_DIR: where the run's samples and dataset were, as absolute paths
+EPOCH_FOLDER = re.compile(r"epoch_(\d+)")
 
 STYLE = """
 :root { color-scheme: light; }
@@ -65,13 +68,15 @@ dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
 
 
 def read_csv(path):
-    """Rows of a metrics CSV, numbers as floats; [] when there is no file."""
+    """Rows of a metrics CSV with a numeric epoch, numbers as floats; [] when there is no file."""
     if not Path(path).exists():
         return []
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            rows.append({key: _number(value) for key, value in row.items() if value not in ("", None)})
+            row = {key: _number(value) for key, value in row.items() if key and isinstance(value, str) and value}
+            if isinstance(row.get("epoch"), float):  # a row cut short by a crash is left out
+                rows.append(row)
     return rows
 
 
@@ -82,31 +87,63 @@ def _number(text):
         return text
 
 
-def dataset_summary(config, media):
+def read_json(path):
+    """The JSON object at path, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run_sources(config, media):
+    """{"music_out_folder", "dataset_dir"}: absolute paths, fixed the first time the report sees them (from
+    training, whose working directory the config's relative paths mean), so a report rebuilt from elsewhere
+    (a sweep in another directory, a moved folder) never reads another run's files."""
+    path = media / SOURCES_FILE
+    sources = read_json(path) or {}
+    wanted = {"music_out_folder": (config.get("output") or {}).get("music_out_folder"),
+              "dataset_dir": (config.get("data") or {}).get("dataset_dir")}
+    changed = False
+    for key, configured in wanted.items():
+        if key not in sources and configured and Path(configured).exists():
+            sources[key] = str(Path(configured).resolve())
+            changed = True
+    if changed:
+        path.write_text(json.dumps(sources, indent=1), encoding="utf-8")
+    return sources
+
+
+def dataset_summary(dataset_dir, media):
     """The dataset's dataset.json, kept in media/dataset.json so the report still has it when the dataset moves."""
     from create_dataset import DatasetError, load_dataset_info
 
     kept = media / "dataset.json"
-    dataset_dir = (config.get("data") or {}).get("dataset_dir")
     if dataset_dir:
         try:
-            info = load_dataset_info(dataset_dir)
-            kept.write_text(json.dumps({**info, "dataset_dir": str(dataset_dir)}, indent=1), encoding="utf-8")
-            return {**info, "dataset_dir": str(dataset_dir)}
+            info = {**load_dataset_info(dataset_dir), "dataset_dir": str(dataset_dir)}
+            kept.write_text(json.dumps(info, indent=1), encoding="utf-8")
+            return info
         except (DatasetError, OSError):
             pass
-    if kept.exists():
-        return json.loads(kept.read_text(encoding="utf-8"))
-    return None
+    return read_json(kept)
 
 
-def sync_audio(source_folder, media_folder):
+def sync_audio(source_folder, media_folder, mirror=False):
     """Copy (hard-link where possible) the WAVs under source_folder into media_folder, keeping their relative paths;
-    a copy is refreshed when its source changed. Copies whose source has gone are kept: the report is a record."""
+    a copy is refreshed when its source changed. Copies whose source has gone are kept (the report is a record),
+    unless mirror. The writers replace files rather than rewrite them, so a link keeps the audio it was made of."""
     source_folder, media_folder = Path(source_folder), Path(media_folder)
     if not source_folder.is_dir() or source_folder.resolve() == media_folder.resolve():
         return
-    for source in sorted(source_folder.rglob("*.wav")):
+    sources = sorted(source_folder.rglob("*.wav"))
+    if mirror and media_folder.is_dir():
+        keep = {source.relative_to(source_folder) for source in sources}
+        for stale in media_folder.rglob("*.wav"):
+            if stale.relative_to(media_folder) not in keep:
+                stale.unlink()
+                stale.with_suffix(".png").unlink(missing_ok=True)
+    for source in sources:
         target = media_folder / source.relative_to(source_folder)
         stat = source.stat()
         if target.exists():
@@ -124,18 +161,13 @@ def sync_audio(source_folder, media_folder):
         os.replace(tmp, target)
 
 
-def spectrogram_png(wav, png):
-    """A small log-magnitude spectrogram of a WAV (its channels mixed), unless png is newer than wav."""
-    if png.exists() and png.stat().st_mtime_ns >= wav.stat().st_mtime_ns:
-        return
+def spectrogram_figure(mono, sample_rate):
+    """A small matplotlib figure: the log-magnitude spectrogram of a mono signal (the report's and TensorBoard's)."""
     import matplotlib
-    import soundfile
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    audio, sample_rate = soundfile.read(wav, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
     fig, ax = plt.subplots(figsize=(4.6, 1.9))
     if len(mono) >= 512:
         ax.specgram(mono, NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma", vmin=-120)
@@ -143,6 +175,18 @@ def spectrogram_png(wav, png):
     ax.set_ylabel("Hz", fontsize=7)
     ax.tick_params(labelsize=6)
     fig.tight_layout(pad=0.3)
+    return fig
+
+
+def spectrogram_png(wav, png):
+    """spectrogram_figure of a WAV (its channels mixed) as png, unless png is newer than wav."""
+    if png.exists() and png.stat().st_mtime_ns >= wav.stat().st_mtime_ns:
+        return
+    import matplotlib.pyplot as plt
+    import soundfile
+
+    audio, sample_rate = soundfile.read(wav, dtype="float32", always_2d=True)
+    fig = spectrogram_figure(audio.mean(axis=1), sample_rate)
     tmp = png.with_name(f".{png.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
@@ -162,16 +206,22 @@ def _href(path, root):
 
 
 def _fmt(value, digits=3):
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
 
 
 def audio_card(wav, root, caption):
+    """A player with the spectrogram above it; a file that cannot be read gets a note instead of a picture."""
     png = wav.with_suffix(".png")
-    spectrogram_png(wav, png)
-    return (f'<figure class="card"><img src="{_href(png, root)}" alt="spectrogram of {_e(wav.name)}" '
-            f'loading="lazy"><audio controls preload="metadata" src="{_href(wav, root)}"></audio>'
+    try:
+        spectrogram_png(wav, png)
+        picture = f'<img src="{_href(png, root)}" alt="spectrogram of {_e(wav.name)}" loading="lazy">'
+    except Exception as e:  # noqa: BLE001  (soundfile and matplotlib raise many kinds; one file must not stop the page)
+        picture = f'<p class="muted">no spectrogram: {_e(wav.name)} could not be read ({_e(type(e).__name__)})</p>'
+    return (f'<figure class="card">{picture}<audio controls preload="metadata" src="{_href(wav, root)}"></audio>'
             f'<figcaption>{_e(caption)}</figcaption></figure>')
 
 
@@ -227,16 +277,22 @@ def write_report(folder, log=None):
     media.mkdir(exist_ok=True)
     config_path = folder / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.exists() else ""
-    config = (yaml.safe_load(config_text) or {}) if config_text else {}
-    out = config.get("output") or {}
-    if out.get("music_out_folder"):
-        music = Path(out["music_out_folder"])
-        for child in sorted(music.glob("epoch_*")) if music.is_dir() else []:
-            sync_audio(child, media / "samples" / child.name)
-        sync_audio(music / "vae", media / "vae")
+    try:
+        config = yaml.safe_load(config_text) if config_text else {}
+    except yaml.YAMLError:
+        config = None
+    config = config if isinstance(config, dict) else {}
     history, vae_history = read_csv(folder / "metrics.csv"), read_csv(folder / "vae_metrics.csv")
-    info = dataset_summary(config, media)
-    sweep = json.loads((folder / SWEEP_FILE).read_text(encoding="utf-8")) if (folder / SWEEP_FILE).exists() else None
+    sources = run_sources(config, media)
+    if sources.get("music_out_folder"):  # this run's saved epochs only: another run may share the folder
+        music = Path(sources["music_out_folder"])
+        for epoch in sorted({int(row["epoch"]) for row in history if row.get("checkpoint") in ("True", 1.0)}):
+            sync_audio(music / f"epoch_{epoch}", media / "samples" / f"epoch_{epoch}")
+        sync_audio(music / "vae", media / "vae", mirror=True)
+    info = dataset_summary(sources.get("dataset_dir"), media)
+    sweep = read_json(folder / SWEEP_FILE)
+    if sweep and not isinstance(sweep.get("rows"), list):
+        sweep = None
 
     name = run_name(folder)
     parts = [f"<h1>MusiGAN run: {_e(name)}</h1>",
@@ -260,11 +316,14 @@ def write_report(folder, log=None):
 
     # The run: config and dataset
     parts.append("<h2>The run</h2>")
-    if info:
+    try:
         songs = info.get("songs") or {}
         seconds = info.get("chunk_seconds") or info["chunk_samples"] / info["sample_rate"]
         facts = [("dataset", info.get("dataset_dir", "?")), ("sample rate", f"{info['sample_rate']} Hz"),
                  ("channels", info["channels"]), ("chunks", f"{seconds:g} s each, in pairs (a chunk and its continuation)")]
+    except (AttributeError, KeyError, TypeError, ZeroDivisionError):
+        info = None
+    if info:
         for split, pairs in info["pairs"].items():
             count = len(songs.get(split, []))
             facts.append((split, f"{pairs} pairs ({2 * pairs * seconds / 60:.1f} min)"
@@ -291,14 +350,12 @@ def write_report(folder, log=None):
         parts.append(f"<details><summary>Every epoch ({len(history)})</summary>"
                      f"{table(history, columns, text_columns=('health/verdict',))}</details>")
         by_epoch = {int(row["epoch"]): row for row in history}
-        sample_dirs = sorted((p for p in (media / "samples").glob("epoch_*") if p.is_dir()),
-                             key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1,
-                             reverse=True)
+        sample_dirs = sorted(((int(m.group(1)), p) for p in (media / "samples").glob("epoch_*")
+                              if p.is_dir() and (m := EPOCH_FOLDER.fullmatch(p.name))), reverse=True)
         if sample_dirs:
             parts.append("<h3>Samples from fixed noise, newest first</h3>")
-        for sample_dir in sample_dirs:
-            epoch = sample_dir.name.split("_")[1]
-            row = by_epoch.get(int(epoch)) if epoch.isdigit() else None
+        for epoch, sample_dir in sample_dirs:
+            row = by_epoch.get(epoch)
             verdict = f" — {row['health/verdict']}" if row and "health/verdict" in row else ""
             cards = "".join(audio_card(wav, folder, wav.name) for wav in sorted(sample_dir.glob("*.wav")))
             parts.append(f"<h3>Epoch {_e(epoch)}{_e(verdict)}</h3><div class=\"grid\">{cards}</div>")
@@ -327,14 +384,14 @@ def write_report(folder, log=None):
     # The discriminator sweep
     if sweep:
         parts.append("<h2>Discriminator sweep</h2>")
-        parts.append(f"<p>Generator of epoch {_e(sweep['gen_epoch'])} against {len(sweep['rows'])} saved "
+        parts.append(f"<p>Generator of epoch {_e(sweep.get('gen_epoch', '?'))} against {len(sweep['rows'])} saved "
                      f"discriminators, {_e(sweep.get('samples', '?'))} fixed fakes "
                      f'(<a href="discriminator_over_epochs.csv">discriminator_over_epochs.csv</a>).</p>')
-        parts.append(verdict_box(sweep["verdict"]))
+        parts.append(verdict_box(sweep.get("verdict", "no verdict")))
         parts.append(image(folder / "discriminator_over_epochs.png", folder, "discriminator sweep"))
         columns = [("D epoch", "d_epoch"), ("d_loss (label real)", "d_loss_real_label"), ("band", "band"),
                    ("accuracy on real", "val_accuracy_real")]
-        parts.append(table(sweep["rows"], columns, text_columns=("band",)))
+        parts.append(table([row for row in sweep["rows"] if isinstance(row, dict)], columns, text_columns=("band",)))
 
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -351,19 +408,22 @@ def write_report(folder, log=None):
 
 
 def write_report_safely(folder, log=print):
-    """write_report for the training loop: a report that cannot be written (a full disk, say) is reported and
-    training goes on. Returns the path, or None."""
+    """write_report for training and the scripts that end by pointing at it: a report that cannot be written (a
+    full disk, a damaged file beside it) is reported in one line and the work goes on. Returns the path, or None."""
     try:
         return write_report(folder)
-    except OSError as e:
-        log(f"warning: the run report in {folder} could not be written ({e}); training goes on")
+    except Exception as e:  # noqa: BLE001  (the report is a view of the run; it must never stop or lose the run)
+        log(f"warning: the run report in {folder} could not be written ({type(e).__name__}: {e}); "
+            f"rebuild it later with python report.py --checkpoint-folder {folder}")
         return None
 
 
-def report_path(folder):
-    """folder/report.html, written first when the run has none yet (a run trained before reports existed)."""
+def report_line(folder, note="open it in a browser", log=print):
+    """Print where folder's report.html is, writing it first when the run has none yet (a run trained before
+    reports existed)."""
     path = Path(folder) / REPORT_FILE
-    return path if path.exists() else write_report(folder)
+    if path.exists() or write_report_safely(folder, log):
+        log(f"run report: {path} ({note})")
 
 
 def main(argv=None):

@@ -96,6 +96,21 @@ def run_folder(checkpoint_folder=None, config=None):
     return Path(load_config_from_yaml(config_path)["output"]["checkpoint_folder"])
 
 
+def write_wav(path, audio, sample_rate):
+    """(channels, samples) float audio as a 16-bit WAV at path, written to a temporary file and renamed into
+    place: a kill never leaves half a file, and a hard link to an earlier file of that name (the run report
+    keeps such links) keeps the earlier audio."""
+    import os
+
+    import soundfile
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.wav")
+    soundfile.write(tmp, audio.T, sample_rate, subtype="PCM_16")
+    os.replace(tmp, path)
+    return path
+
+
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
 

@@ -292,18 +292,18 @@ RECONSTRUCTIONS_DIR = "vae"  # under output.music_out_folder
 def write_reconstructions(vae, dataset, folder, count, peak, sample_rate, device):
     """count pairs of the dataset (evenly spread; each a chunk and its continuation, joined) and their
     reconstructions by the VAE, as folder/pair_N.original.wav and pair_N.reconstruction.wav at the dataset's
-    level. Returns the paths written."""
-    import soundfile
+    level, in place of any written before. Returns the paths written."""
+    from utilities import write_wav
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("pair_*.wav"):  # an earlier VAE's, which may have covered other pairs
+        old.unlink()
     pairs = len(dataset) // 2
     paths = []
     for index in sorted(set(np.linspace(0, pairs - 1, min(count, pairs)).round().astype(int).tolist())):
         audio = torch.cat([dataset[2 * index][0], dataset[2 * index + 1][0]], dim=-1).numpy() * peak
         recon = reconstruct_audio(vae, audio, peak, device)
         for kind, signal in (("original", audio), ("reconstruction", recon)):
-            path = folder / f"pair_{index}.{kind}.wav"
-            soundfile.write(path, np.clip(signal, -1, 1).T, sample_rate, subtype="PCM_16")
-            paths.append(path)
+            paths.append(write_wav(folder / f"pair_{index}.{kind}.wav", np.clip(signal, -1, 1), sample_rate))
     return paths

@@ -40,7 +40,7 @@ SEED_SIZE = [
 LATENT_SIZE = [
     "vae.epochs=100000", "vae.time_budget_minutes=12", "data.steps_per_epoch=50", "training.eval_every=10",
     "model.latent_seq_len=64", "model.latent_dim=128", "model.num_heads=4", "model.num_layers=3", "model.context=8",
-    "model.noise_dim=32", "model.style_dim=32", "training.batch_size=32", "discriminator.n_channels=128",
+    "model.noise_dim=32", "model.style_dim=32", "training.gan_batch_size=32", "discriminator.n_channels=128",
 ]
 NO_D_STATS = ["loss_weights.d_melody=0", "loss_weights.d_silence=0", "loss_weights.d_std=0", "loss_weights.d_kl_songs=0"]
 RECIPES = {  # name: (config file, overrides)
@@ -94,6 +94,8 @@ def main():
         overrides = [*BASE, *recipe, f"data.dataset_dir={work / 'dataset'}",
                      f"output.checkpoint_folder={folder / 'checkpoints'}", f"output.music_out_folder={folder / 'samples'}",
                      f"training.time_budget_minutes={args.minutes}"]
+        if args.device == "cpu":  # the recorded CPU figures are fp32; auto would pick by this CPU's bf16 speed
+            overrides.append("training.precision=fp32")
         seconds = None
         if args.reuse and (folder / "result.json").exists():  # trained and measured already
             results[name] = json.loads((folder / "result.json").read_text())

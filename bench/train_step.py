@@ -5,7 +5,7 @@
     python bench/train_step.py --arch seed --iters 10 --malloc-threshold-mib 0
     python bench/train_step.py --arch seed --quality 60   # also train 60 iterations in each precision and compare
 
-latent: one latent_train_step at config.yaml's size (training.batch_size windows of model.latent_seq_len
+latent: one latent_train_step at config.yaml's size (training.gan_batch_size windows of model.latent_seq_len
 frames): the generator's fakes, D's hinge update with R1 on the real windows, G's update, and the EMA.
 seed: what the seed counted as an iteration, 2 generator updates and 1 discriminator update at the seed
 config (--batch chunks of --seq-len samples), with the seed's loss terms (recon x2, adversarial BCE x20,
@@ -124,8 +124,8 @@ def latent_step(autocast):
         ema_update(ema, generator, t["ema_decay"])
         return logs
 
-    real = torch.randn(t["batch_size"], config["model"]["latent_seq_len"], config["vae"]["latent_dim"])
-    return step, real, t["batch_size"]
+    real = torch.randn(t["gan_batch_size"], config["model"]["latent_seq_len"], config["vae"]["latent_dim"])
+    return step, real, t["gan_batch_size"]
 
 
 def measure(step, target, args, result, flop_step=None):

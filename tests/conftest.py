@@ -92,8 +92,8 @@ def tiny_config(tmp_path, dataset, **sections):
         "vae": {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1,
                 "epochs": 1},
         "discriminator": {"n_channels": 16},
-        "training": {"epochs": 2, "keys": 8, "batch_size": 4, "pretrain_generator_epochs": 1,
-                     "pretrain_discriminator_epochs": 1},
+        "training": {"epochs": 2, "keys": 8, "gan_batch_size": 4, "pretrain_generator_epochs": 1,
+                     "pretrain_discriminator_epochs": 1, "precision": "fp32"},  # auto would differ between CPUs
         "output": {"checkpoint_folder": str(tmp_path / "ck"), "music_out_folder": str(tmp_path / "samples"),
                    "save_after_nepochs": 1, "samples_per_save": 2},
     }

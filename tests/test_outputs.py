@@ -165,6 +165,8 @@ def test_the_demo_runs_end_to_end_with_a_tiny_preset(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Demo finished" in out and "verdict:" in out
+    assert out.strip().splitlines()[-1].endswith(f"open {tmp_path / 'checkpoints' / 'report.html'} in a browser.")
+    assert (tmp_path / "checkpoints" / "report.html").exists()
     for wav in (tmp_path / "generated").glob("*.wav"):
         assert soundfile.info(wav).samplerate == demo.SAMPLE_RATE and soundfile.info(wav).duration == pytest.approx(8)
     assert len(list((tmp_path / "generated").glob("*.wav"))) == 3

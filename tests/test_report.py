@@ -1,10 +1,12 @@
 """report.html: written by a tiny real run and its sweep, complete on disk, movable, and rendered by a real browser."""
 
+import json
 import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def parse(path):
 
 def missing_sources(report):
     page = parse(report)
-    return [src for src in page.images + page.audio if not (report.parent / src).is_file()]
+    return [src for src in page.images + page.audio if not (report.parent / unquote(src)).is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +77,14 @@ def test_the_page_shows_every_sample_and_reconstruction_and_only_files_that_exis
     assert not any(src.startswith(("/", "file:", "http")) for src in page.images + page.audio)  # relative only
 
 
-def test_the_report_survives_its_run_folder_being_moved(run, tmp_path):
+def test_the_report_survives_its_run_folder_being_moved(run, dataset, tmp_path, monkeypatch):
     root, folder = run
     moved = tmp_path / "elsewhere" / "ck"
     shutil.copytree(folder, moved)
-    samples, hidden = root / "samples", root / "samples.hidden"
-    os.rename(samples, hidden)  # the originals are gone: the moved report must not need them
+    hidden = [(root / "samples", root / "samples.hidden"), (dataset, dataset.with_name("dataset.hidden"))]
+    for place, away in hidden:  # the originals are gone: the moved report must not need them
+        os.rename(place, away)
+    monkeypatch.chdir(tmp_path)  # and it is rebuilt from another directory
     try:
         assert missing_sources(moved / REPORT_FILE) == []
         before = len(parse(moved / REPORT_FILE).audio)
@@ -90,13 +94,32 @@ def test_the_report_survives_its_run_folder_being_moved(run, tmp_path):
         assert len(page.audio) == before > 0
         assert "sample rate" in " ".join(page.text)
     finally:
-        os.rename(hidden, samples)
+        for place, away in hidden:
+            os.rename(away, place)
+
+
+def test_a_damaged_file_beside_the_report_does_not_stop_it(run, tmp_path):
+    _, folder = run
+    copy = tmp_path / "ck"
+    shutil.copytree(folder, copy)
+    (copy / "report" / "sources.json").write_text(json.dumps({"music_out_folder": str(tmp_path / "gone")}))
+    (copy / "report" / "samples" / "epoch_1" / "sample_0.wav").write_bytes(b"")  # a disk that filled up
+    (copy / "report" / "samples" / "epoch_1" / "sample_0.png").unlink()
+    (copy / "discriminator_over_epochs.json").write_text("{ cut short")
+    with open(copy / "metrics.csv", "a") as f:
+        f.write("3,0.5\n")  # a row cut short by a crash
+    page = parse(write_report(copy))
+    assert "could not be read" in " ".join(page.text) and "Discriminator sweep" not in " ".join(page.text)
+    assert missing_sources(copy / REPORT_FILE) == []  # no picture is promised for the unreadable recording
 
 
 def test_the_sweep_and_generate_print_the_report_path(run, capsys, tmp_path):
     import generate
 
     _, folder = run
+    assert check_discriminator.main(["--gen-epoch", "latest", "--checkpoint-folder", str(folder), "--samples", "4",
+                                     "--batch-size", "2", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"run report: {folder / REPORT_FILE}")
     assert generate.main(["--epoch", "latest", "--checkpoint-folder", str(folder), "--count", "1", "--seconds", "1",
                           "--out", str(tmp_path / "g"), "--no-plots", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"run report: {folder / REPORT_FILE}")
@@ -111,11 +134,36 @@ def chromium():
     pytest.skip("chromium is not installed (.ci/run installs it)")
 
 
+# Appended to a copy of the page for the browser test (the report itself has no script): every picture decoded,
+# every recording readable, nothing wider than the window. Problems go to the console, which the test reads.
+CHECKER = """<script>
+window.addEventListener("load", () => {
+  for (const img of document.images)
+    if (!img.complete || img.naturalWidth === 0) console.error("broken image " + img.getAttribute("src"));
+  for (const a of document.querySelectorAll("audio")) if (a.error) console.error("broken audio " + a.getAttribute("src"));
+  if (document.documentElement.scrollWidth > window.innerWidth + 1)
+    console.error("wider than the window: " + document.documentElement.scrollWidth + " > " + window.innerWidth);
+});
+for (const a of document.querySelectorAll("audio"))
+  a.addEventListener("error", () => console.error("broken audio " + a.getAttribute("src")));
+</script>"""
+
+
+def checked_copy(report, name, breakage=None):
+    """A copy of report beside it, with CHECKER, eager images, and optionally one source broken on purpose."""
+    text = report.read_text(encoding="utf-8").replace(' loading="lazy"', "")
+    if breakage:
+        text = text.replace(*breakage, 1)
+    page = report.with_name(name)
+    page.write_text(text.replace("</body>", CHECKER + "</body>"), encoding="utf-8")
+    return page
+
+
 def render(page, screenshot, width):
     """Screenshot page with headless Chromium; returns the page's console messages."""
     result = subprocess.run(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-         "--allow-file-access-from-files", "--enable-logging=stderr", "--v=0", f"--window-size={width},2400",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", f"--window-size={width},2400",
          f"--screenshot={screenshot}", Path(page).resolve().as_uri()],
         capture_output=True, text=True, timeout=120)
     assert screenshot.exists(), result.stderr[-2000:]
@@ -126,17 +174,43 @@ def test_a_real_browser_renders_the_report_without_console_errors(run, tmp_path)
     from PIL import Image
 
     _, folder = run
-    broken = tmp_path / "broken.html"  # the check itself: a page that logs an error is caught
-    broken.write_text('<!DOCTYPE html><html><body><script>console.error("broken on purpose")</script></body></html>')
-    assert any("broken on purpose" in line for line in render(broken, tmp_path / "broken.png", 800))
-    for width in (1200, 360):  # a desktop window, and a phone-sized one
-        shot = tmp_path / f"report_{width}.png"
-        assert render(folder / REPORT_FILE, shot, width) == []
-        pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-        assert pixels.std() > 10  # not blank
-        assert (pixels < 128).mean() > 0.01  # text and pictures, not an empty white page
-        colours = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
-        assert len(np.unique(colours[::7], axis=0)) > 200  # the plots and spectrograms were drawn
+    report = folder / REPORT_FILE
+    page = parse(report)
+    try:  # the check itself: a missing picture, a missing recording and an overwide page are all caught
+        for name, breakage, expected in (
+                ("img.html", (f'src="{page.images[0]}"', 'src="missing.png"'), "broken image"),
+                ("audio.html", (f'src="{page.audio[0]}"', 'src="missing.wav"'), "broken audio"),
+                ("wide.html", ("<body>", '<body><div style="width:2000px">x</div>'), "wider than the window")):
+            messages = render(checked_copy(report, name, breakage), tmp_path / f"{name}.png", 800)
+            assert any(expected in line for line in messages), (name, messages)
+        for width in (1200, 360):  # a desktop window, and a phone-sized one
+            shot = tmp_path / f"report_{width}.png"
+            assert render(checked_copy(report, "checked.html"), shot, width) == []
+            assert render(report, shot, width) == []  # and the page as it is
+            pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+            assert pixels.std() > 10  # not blank
+            assert (pixels < 128).mean() > 0.01  # text and pictures, not an empty white page
+            colours = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+            assert len(np.unique(colours[::7], axis=0)) > 200  # the plots and spectrograms were drawn
+    finally:
+        for name in ("img.html", "audio.html", "wide.html", "checked.html"):
+            (folder / name).unlink(missing_ok=True)
+
+
+def test_firefox_renders_the_report_too(run, tmp_path):
+    from PIL import Image
+
+    firefox = shutil.which("firefox-esr") or shutil.which("firefox")
+    if not firefox:
+        pytest.skip("firefox is not installed (sudo apt-get install -y firefox-esr)")
+    _, folder = run
+    shot = tmp_path / "firefox.png"
+    (tmp_path / "profile").mkdir()
+    subprocess.run([firefox, "--headless", "--no-remote", "--profile", str(tmp_path / "profile"), "--screenshot",
+                    str(shot), "--window-size=900,2000", (folder / REPORT_FILE).resolve().as_uri()],
+                   capture_output=True, timeout=180)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01
 
 
 def test_a_run_killed_before_any_epoch_still_gets_a_page(tmp_path):
@@ -145,3 +219,22 @@ def test_a_run_killed_before_any_epoch_still_gets_a_page(tmp_path):
     report = write_report(folder)
     assert "Nothing trained yet" in report.read_text(encoding="utf-8")
     assert (folder / MEDIA_DIR).is_dir()
+
+
+def test_tensorboard_holds_step_scalars_epoch_means_health_audio_and_spectrograms(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, folder = run
+    gan = EventAccumulator(str(folder / "tensorboard" / "gan"), size_guidance={"audio": 0, "images": 0}).Reload()
+    tags = gan.Tags()
+    steps = gan.Scalars("step/d/total")
+    assert len(steps) >= 2 and [e.step for e in steps] == sorted(e.step for e in steps)
+    assert "epoch/val/d_accuracy_real" in tags["scalars"] and "step/g/total" in tags["scalars"]
+    assert [e.step for e in gan.Scalars("epoch/epoch")] and gan.Scalars("epoch/epoch")[-1].value == 2
+    assert "samples/sample_0" in tags["audio"] and "samples/sample_0/spectrogram" in tags["images"]
+    clip = gan.Audio("samples/sample_0")[-1]
+    assert clip.sample_rate > 0 and len(clip.encoded_audio_string) > 1000  # a real WAV, not an empty one
+    assert any("health" in tag for tag in tags["tensors"])  # add_text is stored as a tensor summary
+    vae = EventAccumulator(str(folder / "tensorboard" / "vae"), size_guidance={"audio": 0}).Reload()
+    assert "step/vae/stft" in vae.Tags()["scalars"] and "epoch/val/stft" in vae.Tags()["scalars"]
+    assert any(tag.startswith("reconstructions/") for tag in vae.Tags()["audio"])

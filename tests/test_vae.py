@@ -252,7 +252,7 @@ def test_reconstruct_a_file_and_a_folder_with_a_corrupt_file(tmp_path, dataset, 
 def test_the_seed_preset_still_trains_one_epoch(tmp_path, dataset, capsys):
     tiny = yaml.safe_load(tiny_config(tmp_path, dataset).read_text())
     tiny["model"] = {k: v for k, v in TINY_SEED_MODEL.items() if k != "architecture"}
-    tiny["training"].pop("batch_size")
+    tiny["training"].pop("gan_batch_size")
     overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in tiny.items() if section != "vae"
                  for key, value in values.items()] + ["training.epochs=1"]
     seed = config_reader.load_config_from_yaml(ROOT / "configs" / "seed.yaml", overrides)
