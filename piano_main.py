@@ -250,7 +250,7 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         paths = write_reconstructions(vae, chunks, recon_folder, out["samples_per_save"], info["peak"],
                                       info["sample_rate"], device)
         board = TensorBoard(folder, "vae", out["tensorboard"])
-        board.audio(paths, state["step"], prefix="reconstructions")
+        board.audio(paths, state.get("step", 0), prefix="reconstructions")
         board.close()
         log(f"stage one: {split} pairs and their reconstructions by the VAE in {recon_folder}")
     write_report_safely(folder, log)
