@@ -389,8 +389,11 @@ class TensorBoard:
     def __init__(self, folder, stage, enabled=True, resume_step=None):
         self.writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("output.tensorboard is true, but the tensorboard package is not installed: "
+                                 "pip install -r requirements.txt, or set output.tensorboard: false") from e
             self.writer = SummaryWriter(str(Path(folder) / "tensorboard" / stage), purge_step=resume_step,
                                         flush_secs=30)
 
