@@ -74,7 +74,8 @@ def check_dataset_matches(info, config, dataset_dir):
 def cpu_bf16_speedup(seconds=0.3):
     """How many times faster a bfloat16 matmul (under autocast, as training runs it) is than float32 on this
     CPU: the better of repeated timings of both, about `seconds` in all."""
-    a, b = torch.randn(256, 1024), torch.randn(1024, 1024)
+    rng = torch.Generator().manual_seed(0)  # training's random stream is left alone
+    a, b = torch.randn(256, 1024, generator=rng), torch.randn(1024, 1024, generator=rng)
 
     def best(dtype):
         fastest, spent = float("inf"), 0.0
@@ -113,7 +114,7 @@ def precision_setup(config, device, resumed_precision=None, log=print):
     here (and printed, with the reason); a resumed run keeps what the run it resumes decided."""
     precision = config["training"]["precision"]
     if precision == "auto":
-        if resumed_precision not in (None, "auto"):
+        if resumed_precision not in (None, "auto") and not (resumed_precision == "fp16" and device.type != "cuda"):
             precision, why = resumed_precision, "as the run being resumed chose"
         else:
             precision, why = auto_precision(device)
@@ -282,17 +283,20 @@ def train_vae(config, device, info, autocast, state, deadline, log):
     if v["adversarial_epochs"]:
         discriminator = MultiResolutionSTFTDiscriminator(channels, width=config["discriminator"]["width"]).to(device)
         optim_d = torch.optim.Adam(discriminator.parameters(), v["learning_rate"], betas=(0.5, 0.9))
+    scaler = torch.amp.GradScaler(device.type) if config["training"]["precision"] == "fp16" else None
     start_epoch, step, history = 1, 0, []
     if state is not None:
         vae.load_state_dict(state["model_state_dict"])
         optim.load_state_dict(state["optimizer_state_dict"])
+        if scaler is not None and state.get("scaler_state_dict"):
+            scaler.load_state_dict(state["scaler_state_dict"])
         if discriminator is not None and state.get("discriminator_state_dict"):
             discriminator.load_state_dict(state["discriminator_state_dict"])
             optim_d.load_state_dict(state["discriminator_optimizer_state_dict"])
         restore_rng_states(state["rng_states"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["metrics"]
         log(f"stage one: resuming the VAE after epoch {state['epoch']}")
-    board = TensorBoard(folder, "vae", config["output"]["tensorboard"], resume_step=step if state else None)
+    board = TensorBoard(folder, "vae", config["output"]["tensorboard"], resume_step=step + 1 if state else None)
     log(f"stage one: a VAE of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
         f"{info['sample_rate'] / vae.frame_samples:.1f} latent frames per second x {v['latent_dim']}; "
         f"{len(train_data)} training chunks, crops of {segment} samples")
@@ -302,8 +306,8 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         if discriminator is not None:
             extra = dict(discriminator_state_dict=discriminator.state_dict(),
                          discriminator_optimizer_state_dict=optim_d.state_dict())
-        save_checkpoint(folder / VAE_FILE, vae, optim, epoch, config, metrics=history, partial=partial, kind="vae",
-                        step=step, complete=complete, stop_reason=stop_reason, data_peak=float(info["peak"]),
+        save_checkpoint(folder / VAE_FILE, vae, optim, epoch, config, scaler=scaler, metrics=history, partial=partial,
+                        kind="vae", step=step, complete=complete, stop_reason=stop_reason, data_peak=float(info["peak"]),
                         sample_rate=int(info["sample_rate"]), fingerprint=vae_fingerprint(vae), **extra)
         if history:
             write_metrics(history, folder, name="vae_metrics", panels=VAE_PANELS, plot_name="vae_losses.png")
@@ -313,12 +317,13 @@ def train_vae(config, device, info, autocast, state, deadline, log):
     if v["time_budget_minutes"]:
         own = time.monotonic() + 60 * v["time_budget_minutes"]
         vae_deadline = own if deadline is None else min(own, deadline)
-    scaler = torch.amp.GradScaler(device.type) if config["training"]["precision"] == "fp16" else None
-    history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast, scaler=scaler,
-                                         start_epoch=start_epoch, step=step, history=history,
-                                         discriminator=discriminator, optim_d=optim_d, save=save,
-                                         deadline=vae_deadline, log=log, board=board)
-    board.close()
+    try:
+        history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast,
+                                             scaler=scaler, start_epoch=start_epoch, step=step, history=history,
+                                             discriminator=discriminator, optim_d=optim_d, save=save,
+                                             deadline=vae_deadline, log=log, board=board)
+    finally:
+        board.close()
     if status != "interrupted":
         save(history[-1]["epoch"] if history else 0, history, step, complete=True, stop_reason=status)
     return status
@@ -413,10 +418,9 @@ def run(config, device, log=print):
         start_epoch = resume_epoch + 1
         log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
 
-    board = TensorBoard(folder, "gan", out["tensorboard"], resume_step=gan_state.get("step"))
     gan = GANRun(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, ema=ema,
                  val_audio=val_audio, scaler_g=scaler_g, scaler_d=scaler_d, autocast=autocast, stft=stft,
-                 sample_rate=info["sample_rate"], log=log, board=board, **gan_state)
+                 sample_rate=info["sample_rate"], log=log, **gan_state)
     if resume_epoch is None:
         if latent:
             try:
@@ -424,16 +428,18 @@ def run(config, device, log=print):
             except KeyboardInterrupt:
                 log(f"\nInterrupted while pretraining the discriminator; the VAE and its latent cache in {folder} are "
                     f"kept. To continue: --set output.resume_from_checkpoint=latest")
-                board.close()
                 return "interrupted"
         else:  # the seed's pretraining: (unpaired) reconstruction, then the discriminator
             pretrain_generator(generator, optim_g, train_data, config, device, autocast, scaler_g, log=log)
             pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,
                                    log=log)
+    # What a killed run logged after its checkpoint's step is dropped; that step's own events are kept.
+    gan.board = TensorBoard(folder, "gan", out["tensorboard"],
+                            resume_step=gan_state["step"] + 1 if resume_epoch is not None else None)
     try:
         history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
     finally:  # a run stopped by NaNs is the one most worth looking at
-        board.close()
+        gan.board.close()
         report = write_report_safely(folder, log)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")

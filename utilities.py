@@ -105,8 +105,8 @@ def write_wav(path, audio, sample_rate):
     import soundfile
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.wav")
-    soundfile.write(tmp, audio.T, sample_rate, subtype="PCM_16")
+    tmp = path.with_name(f".{path.name}.tmp")  # not *.wav: a kill mid-write leaves nothing the report would take
+    soundfile.write(tmp, audio.T, sample_rate, format="WAV", subtype="PCM_16")
     os.replace(tmp, path)
     return path
 

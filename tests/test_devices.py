@@ -27,6 +27,8 @@ def test_a_resumed_run_keeps_the_precision_its_run_chose(capsys):
     for chosen in ("bf16", "fp32"):
         assert piano_main.precision_setup(config, torch.device("cpu"), resumed_precision=chosen)[0] == chosen
         assert "as the run being resumed chose" in capsys.readouterr().out
+    precision = piano_main.precision_setup(config, torch.device("cpu"), resumed_precision="fp16")[0]
+    assert precision in ("bf16", "fp32")  # a run from a GPU that chose fp16, resumed on the CPU: decided afresh
     fixed = config_reader.validate({"training": {"precision": "fp32"}})
     assert piano_main.precision_setup(fixed, torch.device("cpu"), resumed_precision="bf16")[0] == "fp32"
 
@@ -69,9 +71,9 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(saved_on_another_device):
             torch.load(path, weights_only=True)
     state = load_checkpoint(path)
     assert all(t.device.type == "cpu" for t in state["model_state_dict"].values())
-    before = torch.get_rng_state()
+    before = rng_states()
     restore_rng_states(state["rng_states"])  # the saved RNG states are CPU tensors again, as set_rng_state needs
-    torch.set_rng_state(before)
+    restore_rng_states(before)
     loaded, _, epoch = load_generator(path.parent, "latest", "cpu")
     assert epoch == 1
     for name, tensor in generator.state_dict().items():

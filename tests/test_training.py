@@ -93,6 +93,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset
             assert a[state].keys() == b[state].keys()
             for name in a[state]:
                 assert torch.equal(a[state][name], b[state][name]), (kind, state, name)
+    # TensorBoard: what the killed run logged after its checkpoint is purged, and the checkpoint's own step is kept
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def logged(run, tag):
+        return [e.step for e in EventAccumulator(str(tmp_path / run / "ck" / "tensorboard" / "gan")).Reload().Scalars(tag)]
+
+    for tag in ("step/d/total", "epoch/epoch"):
+        assert logged("b", tag) == logged("a", tag) and len(logged("a", tag)) == len(set(logged("a", tag))), tag
     assert [r["g/total"] for r in read_metrics(tmp_path / "a" / "ck")] == \
         [r["g/total"] for r in read_metrics(tmp_path / "b" / "ck")]
 
