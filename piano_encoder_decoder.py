@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities import shared_randn
+
 LOGVAR_RANGE = (-12.0, 8.0)  # exp(-12/2) .. exp(8/2): keeps reparameterize and KL finite
 
 
@@ -440,7 +442,7 @@ class VariationalEncoderDecoder(nn.Module):
     @staticmethod
     def reparameterize(mu, logvar, generator=None):
         """A sample of N(mu, exp(logvar)) that gradients flow through (`generator`: a torch.Generator of its own)."""
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        eps = shared_randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)  # this rank's rows
         return mu + eps * torch.exp(0.5 * logvar)
 
     def forward(self, x):

@@ -43,7 +43,8 @@ from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretr
                          write_metrics)
 from report import write_report_safely
 from update_checkpoint import update_checkpoint
-from utilities import CheckpointError, checkpoint_epochs, checkpoint_path, configure_cpu_memory, load_checkpoint
+from utilities import (CheckpointError, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
+                       is_main, load_checkpoint, setup_distributed, world_size)
 from vae_utilities import (RECONSTRUCTIONS_DIR, VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache,
                            read_vae_checkpoint, restore_rng_states, save_checkpoint, vae_fingerprint,
                            vae_from_checkpoint, write_reconstructions)
@@ -229,8 +230,10 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
             raise CheckpointError(f"vae.checkpoint is {v['checkpoint']}, which does not exist; point it at a vae.pt "
                                   f"that piano_main.py wrote, or set it to null to train a VAE")
         read_vae_checkpoint(v["checkpoint"], config)  # refuses a VAE that does not fit, naming the key
-        copy_atomically(v["checkpoint"], path)
+        if is_main():
+            copy_atomically(v["checkpoint"], path)
         log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
+    barrier()
     state = read_vae_checkpoint(path, config) if path.exists() else None
     total = v["epochs"] + v["adversarial_epochs"]
     more_epochs = (state is not None and not gan_started and state.get("stop_reason") == "done"
@@ -240,11 +243,12 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         status = train_vae(config, device, info, autocast, state, deadline, log)
         if status == "interrupted":
             return None, status
+        barrier()  # rank 0 has written vae.pt
         state = read_vae_checkpoint(path, config)
     vae = vae_from_checkpoint(state, path, device)
     vae.requires_grad_(False)
     recon_folder = Path(out["music_out_folder"]) / RECONSTRUCTIONS_DIR
-    if out["samples_per_save"] and (trained or not any(recon_folder.glob("*.wav"))):
+    if is_main() and out["samples_per_save"] and (trained or not any(recon_folder.glob("*.wav"))):
         split = "validation" if info["pairs"]["validation"] else "training"
         chunks = AudioDataset.from_dataset_dir(dataset_dir, split, info["chunk_samples"], random_crop=False,
                                                normalization="peak")
@@ -254,14 +258,16 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         board.audio(paths, state.get("step", 0), prefix="reconstructions")
         board.close()
         log(f"stage one: {split} pairs and their reconstructions by the VAE in {recon_folder}")
-    write_report_safely(folder, log)
     fingerprint = vae_fingerprint(vae)
-    problem = latent_cache_problem(folder, fingerprint, dataset_dir)
-    if problem:
-        log(f"latent cache: {problem}; building it")
-        build_latent_cache(vae, folder, dataset_dir, device, batch_size=config["data"]["batch_size"], log=log)
-    else:
-        log(f"latent cache: up to date (VAE {fingerprint})")
+    if is_main():  # rank 0 builds the cache; the others wait, then read it
+        write_report_safely(folder, log)
+        problem = latent_cache_problem(folder, fingerprint, dataset_dir)
+        if problem:
+            log(f"latent cache: {problem}; building it")
+            build_latent_cache(vae, folder, dataset_dir, device, batch_size=config["data"]["batch_size"], log=log)
+        else:
+            log(f"latent cache: up to date (VAE {fingerprint})")
+    barrier()
     return vae, "done"
 
 
@@ -296,12 +302,15 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         restore_rng_states(state["rng_states"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["metrics"]
         log(f"stage one: resuming the VAE after epoch {state['epoch']}")
-    board = TensorBoard(folder, "vae", config["output"]["tensorboard"], resume_step=step + 1 if state else None)
+    board = TensorBoard(folder, "vae", config["output"]["tensorboard"] and is_main(),
+                        resume_step=step + 1 if state else None)
     log(f"stage one: a VAE of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
         f"{info['sample_rate'] / vae.frame_samples:.1f} latent frames per second x {v['latent_dim']}; "
         f"{len(train_data)} training chunks, crops of {segment} samples")
 
     def save(epoch, history, step, partial=False, complete=False, stop_reason=None):
+        if not is_main():
+            return
         extra = {}
         if discriminator is not None:
             extra = dict(discriminator_state_dict=discriminator.state_dict(),
@@ -344,6 +353,10 @@ def latent_data(config, vae, folder, info):
     return train, val, val_audio, mean, std
 
 
+def quiet(*args, **kwargs):
+    """The log of ranks other than 0: only rank 0 prints."""
+
+
 def run(config, device, log=print):
     started = time.monotonic()
     t, out = config["training"], config["output"]
@@ -353,9 +366,12 @@ def run(config, device, log=print):
     info = load_dataset_info(dataset_dir)
     check_dataset_matches(info, config, dataset_dir)
     resume_epoch = resolve_resume(config)
+    barrier()  # every rank has looked at the folder before rank 0 writes to it
 
     previous = folder_config_precision(config) if resume_epoch is not None or resuming_vae(config) else None
-    precision, autocast, scaler_g, scaler_d = precision_setup(config, device, previous, log)
+    precision = from_main(precision_setup(config, device, previous, log)[0])  # one decision for every rank
+    precision, autocast, scaler_g, scaler_d = precision_setup({**config, "training": {**t, "precision": precision}},
+                                                              device)
     config = {**config, "training": {**t, "precision": precision}}  # the folder's config.yaml records the choice
     t = config["training"]
     configure_cuda(device)
@@ -370,14 +386,18 @@ def run(config, device, log=print):
     optim_g = torch.optim.Adam(g_params, t["learning_rate"], betas=tuple(t["betas"]))
     optim_d = torch.optim.Adam(discriminator.parameters(), t["learning_rate_disc"], betas=tuple(t["betas"]))
     folder = Path(out["checkpoint_folder"])
-    folder.mkdir(parents=True, exist_ok=True)
-    write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
+    if is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
 
     # Stage one comes before the GAN's random state is restored: building or loading the VAE draws from it.
     if config["vae"]["enabled"]:
         vae, status = stage_one(config, device, info, autocast, deadline, gan_started=resume_epoch is not None, log=log)
         if status == "interrupted":
             return status
+        # The GAN's random stream starts afresh (a resume restores it below): the same whether stage one trained
+        # the VAE here, resumed it, or reused one.
+        torch.manual_seed(t["seed"] + 1)
     if latent:
         train_data, val_data, val_audio, mean, std = latent_data(config, vae, folder, info)
         generator.set_vae(vae, mean, std)
@@ -390,7 +410,8 @@ def run(config, device, log=print):
     ema = copy.deepcopy(generator).requires_grad_(False) if latent else None
     if t["compile"]:
         compile_models(generator, discriminator, t["r1_weight"] if latent else 0.0, log)
-    log(f"MusiGAN ({config['model']['architecture']} GAN) on {device} ({precision}): generator "
+    processes = f" x {world_size()} processes (global batch x {world_size()})" if world_size() > 1 else ""
+    log(f"MusiGAN ({config['model']['architecture']} GAN) on {device}{processes} ({precision}): generator "
         f"{sum(p.numel() for p in g_params) / 1e6:.2f} M trained parameters, discriminator "
         f"{sum(p.numel() for p in discriminator.parameters()) / 1e6:.2f} M; {len(train_data)} training "
         + ("pairs of latent chunks" if latent else "chunks"))
@@ -434,13 +455,13 @@ def run(config, device, log=print):
             pretrain_discriminator(discriminator, generator, optim_d, train_data, config, device, autocast, scaler_d,
                                    log=log)
     # What a killed run logged after its checkpoint's step is dropped; that step's own events are kept.
-    gan.board = TensorBoard(folder, "gan", out["tensorboard"],
+    gan.board = TensorBoard(folder, "gan", out["tensorboard"] and is_main(),
                             resume_step=gan_state["step"] + 1 if resume_epoch is not None else None)
     try:
         history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
     finally:  # a run stopped by NaNs is the one most worth looking at
         gan.board.close()
-        report = write_report_safely(folder, log)
+        report = write_report_safely(folder, log) if is_main() else None
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
     if report:
@@ -474,7 +495,8 @@ def main(argv=None):
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-        status = run(config, device)
+        device = setup_distributed(device)  # under torchrun: join the process group; this rank's GPU
+        status = run(config, device, log=print if is_main() else quiet)
     except (ValueError, DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from piano_encoder_decoder import VariationalEncoderDecoder, fast_dropout, vae_from_config
 from split_and_append_chunks import split_and_append_chunks
+from utilities import shared_randn
 
 
 # The seed's generator settings (config.yaml's model section carries the same values).
@@ -160,11 +161,12 @@ class VariationalAttentionModel(nn.Module):
         device = device or next(self.parameters()).device
         if self.architecture == "seed":
             if generator is None:  # the global stream of the device it is for, as the seed drew it
-                return torch.randn(batch, self.sound_channels, self.noise_dim, device=device)
+                return shared_randn((batch, self.sound_channels, self.noise_dim), device=device)
             return torch.randn(batch, self.sound_channels, self.noise_dim, generator=generator).to(device)
         frames = (frames or self.latent_seq_len) + 2 * self.receptive_field  # each output frame's full context
-        local = torch.randn(batch, frames, self.noise_dim, generator=generator)
-        style = torch.randn(batch, 1, self.style_dim, generator=generator).expand(-1, frames, -1)
+        # shared_randn: under torchrun, this rank's rows of the global batch's noise (utilities.py says why)
+        local = shared_randn((batch, frames, self.noise_dim), generator=generator)
+        style = shared_randn((batch, 1, self.style_dim), generator=generator).expand(-1, frames, -1)
         return torch.cat([local, style], dim=2).to(device)
 
     def latents(self, noise, block_frames=512):
@@ -282,8 +284,8 @@ class AudioDataset(torch.utils.data.Dataset):
       1 % of the global peak (-40 dB): a quieter chunk is scaled up less, so near-silence is not
       turned into loud hiss (the seed's floor of 1e-4 did that).
     When a chunk is longer than seq_len, a random crop of seq_len samples
-    is taken (random_crop=False takes the start, for repeatable validation); crops use torch's RNG, so
-    torch.manual_seed and DataLoader worker seeding make them reproducible.
+    is taken (random_crop=False takes the start, for repeatable validation); crops use the crop seed that
+    training's sampler pairs with each index, or else torch's RNG.
 
     `data` is the path of a .npy written by create_dataset.py, or an array of pairs (N, 2, C, T) or
     chunks (M, C, T). A path is opened with np.load(mmap_mode="r"), and crops are then read with
@@ -375,12 +377,16 @@ class AudioDataset(torch.utils.data.Dataset):
         return out.astype(np.float32)
 
     def __getitem__(self, index):
+        """Chunk `index`; or, from piano_train.EpochSampler, (index, crop_seed): its crop then comes from that seed,
+        not from torch's global RNG."""
+        index, crop_seed = index if isinstance(index, tuple) else (index, None)
         if not -self.n_chunks <= index < self.n_chunks:
             raise IndexError(f"chunk {index} out of range for {self.n_chunks} chunks")
         index %= self.n_chunks
         start = 0
         if self.random_crop and self.chunk_samples > self.seq_len:
-            start = int(torch.randint(0, self.chunk_samples - self.seq_len + 1, ()))
+            rng = torch.Generator().manual_seed(crop_seed) if crop_seed is not None else None
+            start = int(torch.randint(0, self.chunk_samples - self.seq_len + 1, (), generator=rng))
         target = torch.from_numpy(self._read(index, start)) / self.peak  # (C, seq_len)
         if self.normalization == "peak":
             return target, torch.zeros(1, 1), torch.ones(1, 1)

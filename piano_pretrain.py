@@ -26,6 +26,7 @@ from tqdm import tqdm
 from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_loss, discriminator_loss,
                             feature_matching_loss, generator_adversarial_loss, kl_divergence_loss, reconstruction_loss)
 from piano_train import TrainingStopped, apply_update, make_loader
+from utilities import any_rank, is_main, mean_over_ranks
 
 # The VAE's distance: five resolutions from 11 ms to 170 ms at 12 kHz, hop a quarter of the window.
 VAE_STFT_SIZES = dict(fft_sizes=(2048, 1024, 512, 256, 128), hop_sizes=(512, 256, 128, 64, 32),
@@ -41,7 +42,7 @@ def _epochs(name, epochs, train_data, config, device, step, log):
         limit = config["data"]["steps_per_epoch"] or len(loader)
         total, count = 0.0, 0
         with tqdm(total=min(limit, len(loader)), desc=f"pretrain {name} {epoch}/{epochs}", leave=False,
-                  dynamic_ncols=True) as bar:
+                  dynamic_ncols=True, disable=not is_main()) as bar:
             for i, (target, _, _) in enumerate(loader):
                 if i >= limit:
                     break
@@ -188,17 +189,19 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         return ok_d and ok_g, {"vae/stft": distance, "adv/d": d_loss, "adv/g": adversarial, "adv/feature_matching": matching}
 
     total = v["epochs"] + v["adversarial_epochs"]
+    # One loader for the whole stage: its workers persist (with prefetch), and set_epoch reshuffles each epoch.
+    loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000, shuffle=True,
+                         device=device, persistent=True)
     for epoch in range(start_epoch, total + 1):
         phase = "vae" if epoch <= v["epochs"] else "adversarial"
         if phase == "adversarial":
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
         started = time.perf_counter()
-        loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000 + epoch, shuffle=True,
-                             device=device)
+        loader.sampler.set_epoch(epoch)
         limit = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
         sums, count = {}, 0
         bar = tqdm(total=limit, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
-                   unit="batch", leave=False, dynamic_ncols=True)
+                   unit="batch", leave=False, dynamic_ncols=True, disable=not is_main())
         try:
             for _, (target, _, _) in zip(range(limit), loader):
                 ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target.to(device))
@@ -208,7 +211,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                     raise TrainingStopped(f"{nonfinite_in_a_row} VAE updates in a row had a NaN or Inf loss or gradient "
                                           f"(epoch {epoch}); stopping. Try a lower vae.learning_rate or "
                                           f"vae.grad_clip.")
-                values = dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist()))
+                values = mean_over_ranks(  # the global batch's figures
+                    dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist())))
                 if board is not None:
                     board.scalars("step", values, step)
                 for key, value in values.items():
@@ -231,7 +235,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         row = {"epoch": epoch, "phase": phase, "step": step}
         row.update({key: value / max(count, 1) for key, value in sorted(sums.items()) if key != "skipped"})
         row["skipped_updates"] = int(sums.get("skipped", 0))
-        row.update(validate_vae(vae, val_data, stft, device, autocast))
+        row.update(validate_vae(vae, val_data, stft, device, autocast) if is_main() else {})
         row["seconds"] = round(seconds, 2)
         row["audio_seconds_per_second"] = round(count * seconds_per_batch / seconds, 1)
         history.append(row)
@@ -244,7 +248,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             + (f"KL {row['vae/kl']:.3f} x {row['vae/kl_weight']:.2g}  " if "vae/kl" in row else "")
             + (f"D {row['adv/d']:.3f} G {row['adv/g']:.3f}  " if "adv/d" in row else "")
             + f"{row['audio_seconds_per_second']:.0f} audio-s/s  {seconds:.1f}s")
-        if deadline is not None and time.monotonic() >= deadline and epoch < total:
+        if any_rank(deadline is not None and time.monotonic() >= deadline) and epoch < total:  # all ranks alike
             log(f"VAE time budget of {v['time_budget_minutes']:g} minutes used up after epoch {epoch}")
             return history, step, "out of time"
     vae.encoder.requires_grad_(True)

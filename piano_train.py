@@ -26,7 +26,8 @@ from tqdm import tqdm
 from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discriminator_loss, feature_matching_loss,
                             generator_adversarial_loss, generator_loss, r1_penalty, reconstruction_loss)
 from report import write_report_safely
-from utilities import checkpoint_path, forked_rng, write_wav
+from utilities import (any_rank, average_gradients, checkpoint_path, forked_rng, is_main, mean_over_ranks, rank,
+                       rank_rows, world_size, write_wav)
 from vae_utilities import save_checkpoint
 
 
@@ -40,6 +41,7 @@ def apply_update(optimizer, params, scaler, grad_clip, loss_finite):
     An update is skipped when its loss was NaN or Inf, or (without a GradScaler) its gradient norm. A
     GradScaler skips overflowing float16 gradients itself and lowers its scale; that is not counted here.
     """
+    loss_finite = average_gradients(params, loss_finite)  # several ranks: one all-reduce, and a vote on skipping
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
@@ -469,12 +471,28 @@ def write_samples(generator, noise, folder, sample_rate, autocast):
 # The loop
 
 
-def make_loader(dataset, batch_size, num_workers, seed, shuffle, device):
-    """A DataLoader whose shuffling and worker seeds come from its own generator, never the global RNG."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                                       num_workers=num_workers, pin_memory=device.type == "cuda",
-                                       generator=torch.Generator().manual_seed(seed),
-                                       persistent_workers=False)
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """This rank's share of each epoch's order of a dataset (shuffled from seed + epoch; call set_epoch each
+    epoch), each index paired with a crop seed of its own. Random crops then depend only on (seed, epoch, index),
+    not on which worker or rank reads them: resume stays exact with persistent workers, and N ranks read
+    together what one process reads. With shard=False every rank gets the whole dataset (validation)."""
+
+    def __init__(self, dataset, seed, shuffle, shard=True):
+        super().__init__(dataset, num_replicas=world_size() if shard else 1, rank=rank() if shard else 0,
+                         shuffle=shuffle, seed=seed, drop_last=shuffle)
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, hash((self.seed, self.epoch, index)) % 2**62
+
+
+def make_loader(dataset, batch_size, num_workers, seed, shuffle, device, persistent=False, shard=True):
+    """A DataLoader over an EpochSampler: its order and crops come from seed (and set_epoch), never the global RNG.
+    persistent keeps its workers (with prefetch) from one epoch to the next: make it once, set_epoch each epoch."""
+    workers = dict(persistent_workers=persistent, prefetch_factor=4) if num_workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset, seed, shuffle, shard),
+                                       drop_last=shuffle, num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       **workers)
 
 
 @torch.no_grad()
@@ -490,7 +508,7 @@ def validate(generator, discriminator, val_data, config, device, autocast):
         batches = [val_data.fixed(count).to(device)]
     else:
         loader = make_loader(val_data, min(config["data"]["batch_size"], len(val_data)), 0, seed=0, shuffle=False,
-                             device=device)
+                             device=device, shard=False)
         batches = (target.to(device) for target, _, _ in loader)
     generator.eval()
     discriminator.eval()
@@ -558,10 +576,10 @@ class GANRun:
 
     def iterations(self):
         t, data = self.config["training"], self.config["data"]
-        if self.latent:
-            count = max(1, 2 * len(self.train_data) // t["gan_batch_size"])
+        if self.latent:  # the global batch: every rank takes its rows of it
+            count = max(1, 2 * len(self.train_data) // (world_size() * t["gan_batch_size"]))
         else:
-            count = len(self.train_data) // data["batch_size"] // t["accumulation_steps"]
+            count = len(self.train_data) // (world_size() * data["batch_size"]) // t["accumulation_steps"]
         return min(count, data["steps_per_epoch"]) if data["steps_per_epoch"] else count
 
     def batches(self, epoch):
@@ -570,8 +588,9 @@ class GANRun:
         seed = t["seed"] * 100_003 + epoch
         if self.latent:
             rng = torch.Generator().manual_seed(seed)
-            for _ in range(self.iterations()):
-                yield self.train_data.batch(t["gan_batch_size"], generator=rng).to(self.device, non_blocking=True)
+            for _ in range(self.iterations()):  # the global batch's windows, of which this rank keeps its rows
+                windows = self.train_data.batch(world_size() * t["gan_batch_size"], generator=rng)
+                yield rank_rows(windows).to(self.device, non_blocking=True)
             return
         loader = iter(make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=seed, shuffle=True,
                                   device=self.device))
@@ -582,15 +601,17 @@ class GANRun:
         t, w = self.config["training"], self.config["loss_weights"]
         if not self.latent:
             self.step += 1
-            return train_step(self.generator, self.discriminator, self.optim_g, self.optim_d, batch, weights=w,
-                              keys=t["keys"], kind=t["adversarial_loss"], smoothing=t["smoothing"],
-                              generator_updates=t["generator_updates"], stft=self.stft, autocast=self.autocast,
-                              grad_clip=t["grad_clip"], scaler_g=self.scaler_g, scaler_d=self.scaler_d)
+            return mean_over_ranks(train_step(
+                self.generator, self.discriminator, self.optim_g, self.optim_d, batch, weights=w, keys=t["keys"],
+                kind=t["adversarial_loss"], smoothing=t["smoothing"], generator_updates=t["generator_updates"],
+                stft=self.stft, autocast=self.autocast, grad_clip=t["grad_clip"], scaler_g=self.scaler_g,
+                scaler_d=self.scaler_d))
         logs = latent_train_step(self.generator, self.discriminator, self.optim_g, self.optim_d, batch,
                                  kind=t["adversarial_loss"], r1_weight=self.r1_weight,
                                  feature_matching=w["feature_matching"], smoothing=t["smoothing"],
                                  autocast=self.autocast, grad_clip=t["grad_clip"], scaler_g=self.scaler_g,
                                  scaler_d=self.scaler_d, update_generator=update_generator)
+        logs = mean_over_ranks(logs)  # the global batch's figures: every rank adapts R1 alike
         logs["r1_weight"] = self.r1_weight
         if t["r1_adaptive"]:
             accuracy = (logs["d/accuracy_real"] + logs["d/accuracy_fake"]) / 2
@@ -602,7 +623,10 @@ class GANRun:
         return logs
 
     def validate(self, epoch):
+        """Validation figures on the main process (others return {}: they write nothing)."""
         t = self.config["training"]
+        if not is_main():
+            return {}
         row = validate(self.generator, self.discriminator, self.val_data, self.config, self.device, self.autocast)
         if t["eval_every"] and self.val_audio is not None and (epoch % t["eval_every"] == 0 or epoch == t["epochs"]):
             row.update(frechet_to_validation(self.sampler, self.val_audio, t["eval_samples"], t["seed"], self.device))
@@ -616,6 +640,8 @@ class GANRun:
                                          generator=torch.Generator().manual_seed(t["seed"] + 7))
 
     def save(self, epoch, history, partial=False):
+        if not is_main():
+            return
         extra = dict(step=self.step, r1_weight=self.r1_weight)
         for kind, model, optimizer, scaler in (("generator", self.generator, self.optim_g, self.scaler_g),
                                               ("discriminator", self.discriminator, self.optim_d, self.scaler_d)):
@@ -630,7 +656,7 @@ def run_epoch(run, epoch, desc, update_generator=True):
     t = run.config["training"]
     iterations = run.iterations()
     sums, count, nonfinite_in_a_row = {}, 0, 0
-    bar = tqdm(total=iterations, desc=desc, unit="it", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=iterations, desc=desc, unit="it", dynamic_ncols=True, leave=False, disable=not is_main())
     try:
         for batch in run.batches(epoch):
             logs = run.train_step(batch, update_generator)
@@ -695,7 +721,7 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
         try:
             row = {"epoch": epoch, **run_epoch(run, epoch, f"epoch {epoch}/{t['epochs']}")}
         except KeyboardInterrupt as e:
-            run.save(epoch, history, partial=True)
+            run.save(epoch, history, partial=True)  # rank 0's (run.save writes on the main process only)
             done, total = getattr(e, "completed", ("?", "?"))
             log(f"\nInterrupted during epoch {epoch} ({done}/{total} iterations). Saved both models as epoch "
                 f"{epoch} (partial) in {run.folder}. To continue: --set output.resume_from_checkpoint=latest")
@@ -707,8 +733,12 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
         row.update(run.validate(epoch))
         row["seconds"] = round(time.perf_counter() - started, 2)
         history.append(row)
+        out_of_time = any_rank(deadline is not None and time.monotonic() >= deadline)  # all ranks stop together
+        if not is_main():  # the other ranks train; rank 0 validates, saves and reports
+            if out_of_time:
+                break
+            continue
         row.update(health_report(history, t["adversarial_loss"]))
-        out_of_time = deadline is not None and time.monotonic() >= deadline
         if epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time:
             if sample_noise is not None:
                 paths = write_samples(run.sampler, sample_noise.to(run.device),

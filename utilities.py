@@ -111,6 +111,118 @@ def write_wav(path, audio, sample_rate):
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Several processes (torchrun): every rank runs the same loop on its share of each global batch.
+#
+# All ranks share one random stream (the same seed): every per-sample draw (noise, the VAE's reparameterization,
+# the latent windows) is made for the whole global batch, and each rank keeps its own rows (rank_rows). So each
+# rank's samples differ, a run on N processes equals one process at N x the batch (up to the order of float sums),
+# and one RNG state is the whole run's. Gradients are averaged by one all-reduce per update (average_gradients,
+# as StyleGAN2-ADA does: R1's double backward and the generator's pass through D need no DDP wrapper, so modules
+# and checkpoints stay plain). Without torchrun every helper is the single-process identity.
+
+
+def world_size():
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def rank():
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def is_main():
+    """True on the process that prints and writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def setup_distributed(device):
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1): NCCL on CUDA, gloo on the CPU. Returns
+    the device this rank trains on (cuda:LOCAL_RANK on a GPU)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def rank_rows(tensor):
+    """This rank's rows of a global batch: rows rank, rank + world, rank + 2 world, ..., as DistributedSampler deals
+    a dataset's order to the ranks (so the noise drawn for a row goes with the chunk that row reads)."""
+    return tensor if world_size() == 1 else tensor[rank()::world_size()]
+
+
+def shared_randn(shape, *, dtype=None, device=None, generator=None):
+    """torch.randn(shape), drawn (from the shared stream) for the global batch of world x shape[0] rows, of which
+    this rank keeps its own: different on every rank, and what one process at the global batch would draw. With
+    a generator of its own the draw is local."""
+    world = world_size()
+    if world == 1 or generator is not None:
+        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
+    return rank_rows(torch.randn((world * shape[0], *shape[1:]), dtype=dtype, device=device))
+
+
+def average_gradients(params, ok=True):
+    """Average params' gradients over the ranks in one all-reduce, with a vote: returns True only when `ok` holds
+    on every rank (a NaN loss on one rank skips the update on all of them)."""
+    if world_size() == 1:
+        return ok
+    params = [p for p in params if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([0.0 if ok else 1.0], device=device)])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = (flat[offset:offset + n] / world_size()).view_as(p).to(p.dtype)
+        offset += n
+    return bool(flat[-1] == 0)
+
+
+def from_main(value):
+    """Rank 0's value on every rank (a decision that must agree, such as the precision a CPU probe picked)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _collective_device():
+    """Where small collectives run: the rank's GPU under NCCL (which takes no CPU tensors), else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def mean_over_ranks(values):
+    """{name: float} averaged over the ranks (logged figures, and the batch accuracy adaptive R1 follows)."""
+    if world_size() == 1 or not values:
+        return values
+    names = sorted(values)
+    flat = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(flat)
+    return dict(zip(names, (flat / world_size()).tolist()))
+
+
+def any_rank(flag):
+    """True when flag is true on any rank (stopping on the time budget: every rank stops after the same epoch)."""
+    if world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    torch.distributed.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
 

@@ -269,21 +269,21 @@ def test_ctrl_c_in_stage_one_saves_and_resumes(tmp_path, dataset, monkeypatch, c
     import piano_pretrain
 
     real = piano_pretrain.make_loader
-    loaders = {"n": 0}
 
-    def interrupted(*args, **kwargs):  # the second epoch's loader is cut off by Ctrl-C after one batch
+    def interrupted(*args, **kwargs):  # the second epoch is cut off by Ctrl-C after one batch
         loader = real(*args, **kwargs)
-        loaders["n"] += 1
-        if loaders["n"] != 2:
-            return loader
 
         class CutOff:
+            epochs = 0
+            sampler = loader.sampler
+
             def __len__(self):
                 return len(loader)
 
             def __iter__(self):
+                CutOff.epochs += 1
                 for i, batch in enumerate(loader):
-                    if i == 1:
+                    if CutOff.epochs == 2 and i == 1:
                         raise KeyboardInterrupt
                     yield batch
         return CutOff()
