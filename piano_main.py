@@ -46,8 +46,8 @@ from update_checkpoint import update_checkpoint
 from utilities import (CheckpointError, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
                        is_main, load_checkpoint, setup_distributed, world_size)
 from vae_utilities import (RECONSTRUCTIONS_DIR, VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache,
-                           read_vae_checkpoint, restore_rng_states, save_checkpoint, vae_fingerprint,
-                           vae_from_checkpoint, write_reconstructions)
+                           read_vae_checkpoint, restore_own_rng_states, save_checkpoint, vae_fingerprint,
+                           vae_from_checkpoint, every_rank_rng_states, write_reconstructions)
 
 
 def check_dataset_matches(info, config, dataset_dir):
@@ -299,7 +299,7 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         if discriminator is not None and state.get("discriminator_state_dict"):
             discriminator.load_state_dict(state["discriminator_state_dict"])
             optim_d.load_state_dict(state["discriminator_optimizer_state_dict"])
-        restore_rng_states(state["rng_states"])
+        restore_own_rng_states(state)
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["metrics"]
         log(f"stage one: resuming the VAE after epoch {state['epoch']}")
     board = TensorBoard(folder, "vae", config["output"]["tensorboard"] and is_main(),
@@ -309,11 +309,11 @@ def train_vae(config, device, info, autocast, state, deadline, log):
         f"{len(train_data)} training chunks, crops of {segment} samples")
 
     def save(epoch, history, step, partial=False, complete=False, stop_reason=None):
+        extra = every_rank_rng_states(gather=not partial)  # every rank takes part; rank 0 writes
         if not is_main():
             return
-        extra = {}
         if discriminator is not None:
-            extra = dict(discriminator_state_dict=discriminator.state_dict(),
+            extra.update(discriminator_state_dict=discriminator.state_dict(),
                          discriminator_optimizer_state_dict=optim_d.state_dict())
         save_checkpoint(folder / VAE_FILE, vae, optim, epoch, config, scaler=scaler, metrics=history, partial=partial,
                         kind="vae", step=step, complete=complete, stop_reason=stop_reason, data_peak=float(info["peak"]),
@@ -433,7 +433,7 @@ def run(config, device, log=print):
         for scaler, state in ((scaler_g, g_state), (scaler_d, d_state)):
             if scaler is not None and state.get("scaler_state_dict"):
                 scaler.load_state_dict(state["scaler_state_dict"])
-        restore_rng_states(g_state["rng_states"])
+        restore_own_rng_states(g_state)
         history = g_state["metrics"]
         gan_state = dict(step=g_state.get("step", 0), r1_weight=g_state.get("r1_weight"))
         start_epoch = resume_epoch + 1
@@ -485,6 +485,10 @@ def main(argv=None):
     if args.demo:
         import demo
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print("error: --demo runs as one process; start it with python, not torchrun", file=sys.stderr)
+            return 2
+
         try:
             return demo.run_demo(args.demo_dir, main, args.set)
         except ValueError as e:
@@ -496,7 +500,11 @@ def main(argv=None):
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
         device = setup_distributed(device)  # under torchrun: join the process group; this rank's GPU
-        status = run(config, device, log=print if is_main() else quiet)
+        try:
+            status = run(config, device, log=print if is_main() else quiet)
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
     except (ValueError, DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ def _epochs(name, epochs, train_data, config, device, step, log):
             for i, (target, _, _) in enumerate(loader):
                 if i >= limit:
                     break
-                loss = step(target.to(device, non_blocking=True))
+                loss = mean_over_ranks({"loss": step(target.to(device, non_blocking=True))})["loss"]
                 if math.isfinite(loss):
                     total, count = total + loss, count + 1
                 bar.set_postfix(loss=f"{total / max(count, 1):.4f}", refresh=False)

@@ -28,7 +28,7 @@ from loss_functions import (BCE_CONFUSION, discriminator_adversarial_loss, discr
 from report import write_report_safely
 from utilities import (any_rank, average_gradients, checkpoint_path, forked_rng, is_main, mean_over_ranks, rank,
                        rank_rows, world_size, write_wav)
-from vae_utilities import save_checkpoint
+from vae_utilities import every_rank_rng_states, save_checkpoint
 
 
 class TrainingStopped(Exception):
@@ -492,7 +492,7 @@ def make_loader(dataset, batch_size, num_workers, seed, shuffle, device, persist
     workers = dict(persistent_workers=persistent, prefetch_factor=4) if num_workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset, seed, shuffle, shard),
                                        drop_last=shuffle, num_workers=num_workers, pin_memory=device.type == "cuda",
-                                       **workers)
+                                       generator=torch.Generator().manual_seed(seed), **workers)
 
 
 @torch.no_grad()
@@ -568,6 +568,7 @@ class GANRun:
         self.latent = config["model"]["architecture"] == "latent"
         self.r1_weight = t["r1_weight"] if r1_weight is None else r1_weight
         self.folder = Path(config["output"]["checkpoint_folder"])
+        self._loader = None  # the seed's chunk loader, made on first use
 
     @property
     def sampler(self):
@@ -592,8 +593,11 @@ class GANRun:
                 windows = self.train_data.batch(world_size() * t["gan_batch_size"], generator=rng)
                 yield rank_rows(windows).to(self.device, non_blocking=True)
             return
-        loader = iter(make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=seed, shuffle=True,
-                                  device=self.device))
+        if self._loader is None:  # one loader for the run: its workers persist, set_epoch reshuffles
+            self._loader = make_loader(self.train_data, data["batch_size"], data["num_workers"], seed=t["seed"] * 100_003,
+                                       shuffle=True, device=self.device, persistent=True)
+        self._loader.sampler.set_epoch(epoch)
+        loader = iter(self._loader)
         for _ in range(self.iterations()):
             yield [next(loader)[0].to(self.device, non_blocking=True) for _ in range(t["accumulation_steps"])]
 
@@ -640,9 +644,10 @@ class GANRun:
                                          generator=torch.Generator().manual_seed(t["seed"] + 7))
 
     def save(self, epoch, history, partial=False):
+        """Both checkpoints, written by rank 0; every rank calls it (it gathers each rank's random state)."""
+        extra = dict(step=self.step, r1_weight=self.r1_weight, **every_rank_rng_states(gather=not partial))
         if not is_main():
             return
-        extra = dict(step=self.step, r1_weight=self.r1_weight)
         for kind, model, optimizer, scaler in (("generator", self.generator, self.optim_g, self.scaler_g),
                                               ("discriminator", self.discriminator, self.optim_d, self.scaler_d)):
             ema = {"ema_state_dict": self.ema.state_dict()} if kind == "generator" and self.ema is not None else {}
@@ -730,29 +735,28 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
             where = (f"the last good checkpoint is epoch {last_saved} in {run.folder}" if last_saved
                      else "no checkpoint was saved yet")
             raise TrainingStopped(f"{e} {where[0].upper() + where[1:]}.") from None
-        row.update(run.validate(epoch))
+        row.update(run.validate(epoch))  # rank 0 validates, writes and reports; every rank trains and saves
         row["seconds"] = round(time.perf_counter() - started, 2)
         history.append(row)
         out_of_time = any_rank(deadline is not None and time.monotonic() >= deadline)  # all ranks stop together
-        if not is_main():  # the other ranks train; rank 0 validates, saves and reports
-            if out_of_time:
-                break
-            continue
-        row.update(health_report(history, t["adversarial_loss"]))
-        if epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time:
-            if sample_noise is not None:
+        save = epoch % out["save_after_nepochs"] == 0 or epoch == t["epochs"] or out_of_time
+        if is_main():
+            row.update(health_report(history, t["adversarial_loss"]))
+            if save and sample_noise is not None:
                 paths = write_samples(run.sampler, sample_noise.to(run.device),
                                       Path(out["music_out_folder"]) / f"epoch_{epoch}", run.sample_rate, run.autocast)
                 run.board.audio(paths, run.step)
+        if save:
             row["checkpoint"] = True
             run.save(epoch, history)
             last_saved = epoch
-        write_metrics(history, run.folder, panels=gan_panels(t["adversarial_loss"]))
-        run.board.epoch(row, run.step)
-        if row.get("checkpoint"):
-            run.board.flush()
-            write_report_safely(run.folder, log)
-        log_epoch(row, log)
+        if is_main():
+            write_metrics(history, run.folder, panels=gan_panels(t["adversarial_loss"]))
+            run.board.epoch(row, run.step)
+            if save:
+                run.board.flush()
+                write_report_safely(run.folder, log)
+            log_epoch(row, log)
         if out_of_time:
             log(f"time budget of {t['time_budget_minutes']:g} minutes used up after epoch {epoch}")
             break

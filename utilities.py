@@ -150,7 +150,10 @@ def setup_distributed(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    from datetime import timedelta
+
+    # Rank 0 alone builds the latent cache and validates while the others wait at a collective: allow it hours
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return device
 
 
@@ -178,12 +181,14 @@ def average_gradients(params, ok=True):
     params = [p for p in params if p.requires_grad]
     device = params[0].device if params else torch.device("cpu")
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([0.0 if ok else 1.0], device=device)])
+    has_grad = [0.0 if p.grad is None else 1.0 for p in params]  # a parameter no rank used keeps grad None
+    flat = torch.cat([g.reshape(-1).float() for g in grads]
+                     + [torch.tensor(has_grad + [0.0 if ok else 1.0], device=device)])
     torch.distributed.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads):
+    offset, flags = 0, flat[-len(params) - 1:-1].tolist()
+    for p, g, used in zip(params, grads, flags):
         n = g.numel()
-        p.grad = (flat[offset:offset + n] / world_size()).view_as(p).to(p.dtype)
+        p.grad = (flat[offset:offset + n] / world_size()).view_as(p).to(p.dtype) if used else None
         offset += n
     return bool(flat[-1] == 0)
 

@@ -50,6 +50,34 @@ def restore_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def every_rank_rng_states(gather=True):
+    """{"rank_rng_states": [rank 0's rng_states(), rank 1's, ...]} for a checkpoint of a run on several processes
+    (a collective: every rank calls it); {} for one process, or when gather is False (a Ctrl-C save, when the
+    ranks may not all be at the same point)."""
+    from utilities import world_size
+
+    if world_size() == 1 or not gather:
+        return {}
+    states = [None] * world_size()
+    torch.distributed.all_gather_object(states, rng_states())
+    return {"rank_rng_states": states}
+
+
+def restore_own_rng_states(state):
+    """This rank's random state from a checkpoint: its own entry of rank_rng_states when the checkpoint came from as
+    many processes, else the saving process's (with one shared stream, every rank's state is that one)."""
+    from utilities import rank, world_size
+
+    per_rank = state.get("rank_rng_states")
+    if per_rank and len(per_rank) == world_size():
+        restore_rng_states(per_rank[rank()])
+        return
+    restore_rng_states(state["rng_states"])
+    if world_size() > 1 and "cuda" in state["rng_states"] and torch.cuda.is_available():
+        # this rank's GPU takes the stream of the saving process's own GPU (rank 0's, cuda:0), as the others do
+        torch.cuda.set_rng_state(state["rng_states"]["cuda"][0], torch.cuda.current_device())
+
+
 def save_checkpoint(path, model, optimizer, epoch, config, scaler=None, metrics=None, partial=False, **extra):
     """Write model, optimizer, scaler, epoch, config, RNG states and metrics (and `extra` plain values) to path,
     atomically.

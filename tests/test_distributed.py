@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, tiny_config
 from utilities import load_checkpoint
@@ -115,7 +116,11 @@ def test_two_ranks_resume_and_write_each_file_once(tmp_path, dataset):
     ck = tmp_path / "ck"
     for epoch in (1, 2, 3):
         for kind in ("generator", "discriminator"):
-            assert load_checkpoint(ck / f"{kind}_epoch_{epoch}.pt")["epoch"] == epoch
+            state = load_checkpoint(ck / f"{kind}_epoch_{epoch}.pt")
+            assert state["epoch"] == epoch
+            # every rank's random state is saved; they are one shared stream (rank 0's extra work draws nothing)
+            first, second = state["rank_rng_states"]
+            assert torch.equal(first["torch"], second["torch"]) and torch.equal(first["torch"], state["rng_states"]["torch"])
     rows = (ck / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]  # each epoch once, from rank 0
     assert len((ck / "vae_metrics.csv").read_text().splitlines()) == 2

