@@ -161,10 +161,12 @@ def checked_copy(report, name, breakage=None):
 
 def render(page, screenshot, width):
     """Screenshot page with headless Chromium; returns the page's console messages."""
+    profile = screenshot.with_name(f"{screenshot.stem}.profile")  # a fresh profile: no first-run or lock surprises
     result = subprocess.run(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", f"--window-size={width},2400",
-         f"--screenshot={screenshot}", Path(page).resolve().as_uri()],
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+         f"--window-size={width},2400", f"--screenshot={screenshot}", Path(page).resolve().as_uri()],
         capture_output=True, text=True, timeout=120)
     assert screenshot.exists(), result.stderr[-2000:]
     return [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
