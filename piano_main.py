@@ -2,19 +2,23 @@
 
     python piano_main.py --config config.yaml
     python piano_main.py --config config.yaml --set training.epochs=50 --set model.num_layers=2
+    python piano_main.py --config config.yaml --set batch_size=16          # a bare key one section has
     python piano_main.py --config config.yaml --set output.resume_from_checkpoint=latest
     python piano_main.py --config checkpoints/config.yaml      # the resolved config of an earlier run
     python piano_main.py --demo                                # the bundled demo, end to end, in runs/demo/
+    torchrun --nproc_per_node 4 piano_main.py --config config.yaml     # 4 GPUs; batch sizes are per process
 
 Stage one (vae.enabled, the default) trains VariationalEncoderDecoder to rebuild real chunks, or reuses
 the trained vae.pt that vae.checkpoint names, then encodes the whole dataset once into the latent cache
 (checkpoint_folder/latents/). configs/seed.yaml instead pretrains the seed's generator on reconstruction.
 
 Needs a dataset made by prepare_dataset.py and create_dataset.py (data.dataset_dir). Uses CUDA when
-present, with bfloat16 autocast (float16 with a GradScaler if the GPU lacks bfloat16, or when asked
-with training.precision=fp16), and float32 on the CPU. Writes checkpoints, metrics.csv, losses.png
-and the resolved config to output.checkpoint_folder, and audio samples to output.music_out_folder.
-Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=latest.
+present. training.precision: auto picks bfloat16 autocast on a GPU of compute capability 8 or more,
+float16 with a GradScaler below that, and on the CPU bfloat16 where a short probe finds it faster
+(it prints its choice). Writes checkpoints, metrics.csv, losses.png, TensorBoard event files, report.html
+(open it in a browser) and the resolved config to output.checkpoint_folder, and audio samples to
+output.music_out_folder. Ctrl-C saves a checkpoint and exits; resume with output.resume_from_checkpoint=latest.
+Under torchrun every process trains its share of each global batch and rank 0 writes (README: Several GPUs).
 """
 
 import argparse
