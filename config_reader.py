@@ -155,7 +155,7 @@ SCHEMA = {
         "r1_adaptive": Field(True, "bool", "latent: raise the R1 weight (up to 10) while D is overconfident on real latents, lower it (down to r1_weight) when not (Musika)"),
         "ema_decay": Field(0.999, "float", "latent: decay of the generator's EMA copy, which samples, the sweep and generate.py use", low=0.0, high=0.99999),
         "keys": Field(33, "int", "seed: segments a waveform is split into by the segment losses", low=1),
-        "compile": Field(False, "bool", "torch.compile the VAE, the generator's transformer and (without R1, whose double backward it cannot compile) the discriminator; the first steps spend minutes compiling, so it is for long GPU runs"),
+        "compile": Field(False, "bool", "torch.compile the VAE and the generator (latent: its transformer), and the discriminator unless R1 is on (torch.compile cannot do its double backward); the first steps spend minutes compiling, so it is for long GPU runs"),
         "precision": Field("auto", "str", "auto: bf16 on a GPU of compute capability 8 or more, else fp16 with a GradScaler; on the CPU, bf16 where a probe finds it faster, else fp32 (printed at the start)", choices=("auto", "fp32", "bf16", "fp16")),
         "seed": Field(0, "int", "seed of every random number generator", low=0),
         "pretrain_generator_epochs": Field(1, "int", "seed: epochs of reconstruction-only generator training first", low=0),
