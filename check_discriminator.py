@@ -35,7 +35,7 @@ from config_reader import config_from_checkpoint
 from create_dataset import DatasetError
 from discriminator import build_discriminator
 from piano_model import AudioDataset, LatentWindows
-from report import REPORT_FILE, SWEEP_FILE, write_report_safely
+from report import SWEEP_FILE, report_line
 from utilities import (CheckpointError, checkpoint_epochs, checkpoint_path, forked_rng, load_checkpoint,  # noqa: F401
                        load_generator, run_folder)
 from vae_utilities import LATENT_DIR
@@ -273,8 +273,7 @@ def main(argv=None):
     csv_path, png_path = write_outputs(rows, bands, verdict, gen_epoch, folder, samples=args.samples)
     print(f"verdict: {verdict}")
     print(f"wrote {png_path} and {csv_path}")
-    if write_report_safely(folder):  # the sweep is part of the report
-        print(f"run report: {folder / REPORT_FILE} (open it in a browser)")
+    report_line(folder, rewrite=True)  # the sweep is part of the report
     return 0
 
 

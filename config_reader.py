@@ -210,6 +210,11 @@ def seed_config():
     return config
 
 
+def sections_with(key):
+    """The sections whose schema has `key` (an unknown key's hint, and a bare --set key)."""
+    return [section for section, fields in SCHEMA.items() if key in fields]
+
+
 def suggest(name, candidates):
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -236,7 +241,7 @@ def validate(raw, source="config"):
                                  f"it was removed); delete that line")
             key = RENAMED_KEYS.get((section, key), key)  # an earlier name, in an older config or checkpoint
             if key not in SCHEMA[section]:
-                homes = [s for s, fields in SCHEMA.items() if key in fields]
+                homes = sections_with(key)
                 hint = (f"; {key!r} belongs in section " + " or ".join(map(repr, homes)) if homes
                         else suggest(key, SCHEMA[section]))
                 raise ValueError(f"{source}: unknown key {section}.{key}{hint}")
@@ -284,9 +289,10 @@ def config_from_checkpoint(raw, source):
     return validate(raw, source=source)
 
 
-def resolve_key(path, assignment=None):
-    """(section, key) for an override's key: 'section.key', or a bare 'key' that only one section has."""
-    where = f"--set {assignment!r}" if assignment else f"key {path!r}"
+def resolve_key(path, assignment):
+    """(section, key) for the key of the override `assignment`: 'section.key', or a bare 'key' that only one
+    section has."""
+    where = f"--set {assignment!r}"
     parts = path.strip().split(".")
     if len(parts) == 2 and all(parts):
         return parts[0], parts[1]
@@ -294,27 +300,26 @@ def resolve_key(path, assignment=None):
         raise ValueError(f"{where}: the key must be section.key or a bare key, for example training.epochs=5 "
                          f"(sections: {', '.join(SCHEMA)})")
     key = parts[0]
-    sections = [section for section, fields in SCHEMA.items() if key in fields]
+    sections = sections_with(key)
     if len(sections) == 1:
         return sections[0], key
     if sections:
         raise ValueError(f"{where}: {key} is in {len(sections)} sections, so say which: "
                          + "; ".join(f"{section}.{key} ({SCHEMA[section][key].help})" for section in sections))
-    every = {f"{section}.{name}": name for section, fields in SCHEMA.items() for name in fields}
-    close = difflib.get_close_matches(key, set(every.values()), n=1, cutoff=0.5)
-    hint = (f"; did you mean {' or '.join(k for k, name in every.items() if name == close[0])}?" if close else "")
+    close = difflib.get_close_matches(key, {name for fields in SCHEMA.values() for name in fields}, n=1, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(f'{s}.{close[0]}' for s in sections_with(close[0]))}?" if close else ""
     raise ValueError(f"{where}: no section has a key {key!r}{hint} (see config.yaml for the keys)")
 
 
-def apply_override(raw, assignment, note=None):
+def apply_override(raw, assignment):
     """Set one 'section.key=value' (value parsed as YAML: 2, 1e-4, true, latest, [0.5, 0.9]) in raw. A bare
-    'key=value' works when only one section has that key; note(text) (default: print to stderr) then says which."""
+    'key=value' works when only one section has that key; it then says which, on stderr."""
     if "=" not in assignment:
         raise ValueError(f"--set {assignment!r}: expected section.key=value, for example model.num_layers=2")
     path, text = assignment.split("=", 1)
     section_name, key = resolve_key(path, assignment)
     if "." not in path:
-        (note or (lambda line: print(line, file=sys.stderr)))(f"--set {path.strip()}: means {section_name}.{key}")
+        print(f"--set {path.strip()}: means {section_name}.{key}", file=sys.stderr)
     value = yaml.safe_load(text) if text.strip() else ""
     section = raw.setdefault(section_name, {})
     if not isinstance(section, dict):

@@ -45,7 +45,7 @@ from piano_model import AudioDataset, LatentWindows, build_generator, latent_sta
 from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
 from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretrain_latent_discriminator, train_vae_gan,
                          write_metrics)
-from report import write_report_safely
+from report import report_line, write_report_safely
 from update_checkpoint import update_checkpoint
 from utilities import (CheckpointError, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
                        is_main, load_checkpoint, setup_distributed, world_size)
@@ -114,9 +114,9 @@ def auto_precision(device):
     return "fp32", f"a bfloat16 matmul ran only {speedup:.2f}x as fast as float32 on this CPU"
 
 
-def precision_setup(config, device, resumed_precision=None, log=print):
-    """(name, autocast factory, GradScaler for G, for D) for training.precision on this device. auto is decided
-    here (and printed, with the reason); a resumed run keeps what the run it resumes decided."""
+def resolve_precision(config, device, resumed_precision=None, log=print):
+    """training.precision for this device: auto is decided here (and printed, with the reason); a resumed run
+    keeps what the run it resumes decided."""
     precision = config["training"]["precision"]
     if precision == "auto":
         if resumed_precision not in (None, "auto") and not (resumed_precision == "fp16" and device.type != "cuda"):
@@ -126,6 +126,13 @@ def precision_setup(config, device, resumed_precision=None, log=print):
         log(f"precision: {precision} ({why}; set training.precision to choose)")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("training.precision: fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def precision_setup(config, device, resumed_precision=None, log=print):
+    """(name, autocast factory, GradScaler for G, for D) for training.precision on this device (resolve_precision
+    says how auto is decided)."""
+    precision = resolve_precision(config, device, resumed_precision, log)
     if precision == "fp32":
         return precision, nullcontext, None, None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -373,11 +380,10 @@ def run(config, device, log=print):
     barrier()  # every rank has looked at the folder before rank 0 writes to it
 
     previous = folder_config_precision(config) if resume_epoch is not None or resuming_vae(config) else None
-    precision = from_main(precision_setup(config, device, previous, log)[0])  # one decision for every rank
-    precision, autocast, scaler_g, scaler_d = precision_setup({**config, "training": {**t, "precision": precision}},
-                                                              device)
+    precision = from_main(resolve_precision(config, device, previous, log))  # one decision for every rank
     config = {**config, "training": {**t, "precision": precision}}  # the folder's config.yaml records the choice
     t = config["training"]
+    precision, autocast, scaler_g, scaler_d = precision_setup(config, device)
     configure_cuda(device)
     if device.type == "cpu":
         configure_cpu_memory(precision)
@@ -465,11 +471,10 @@ def run(config, device, log=print):
         history, status = train_vae_gan(gan, start_epoch=start_epoch, history=history, deadline=deadline)
     finally:  # a run stopped by NaNs is the one most worth looking at
         gan.board.close()
-        report = write_report_safely(folder, log) if is_main() else None
+        if is_main():
+            report_line(folder, log=log, rewrite=True)
     if status == "done":
         log(f"done: checkpoints, metrics.csv and losses.png in {folder}; audio samples in {out['music_out_folder']}")
-    if report:
-        log(f"run report: {report} (open it in a browser)")
     return status
 
 

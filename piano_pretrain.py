@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_loss, discriminator_loss,
                             feature_matching_loss, generator_adversarial_loss, kl_divergence_loss, reconstruction_loss)
-from piano_train import TrainingStopped, apply_update, make_loader
+from piano_train import TensorBoard, TrainingStopped, apply_update, make_loader
 from utilities import any_rank, is_main, mean_over_ranks
 
 # The VAE's distance: five resolutions from 11 ms to 170 ms at 12 kHz, hop a quarter of the window.
@@ -148,6 +148,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     """
     v, t = config["vae"], config["training"]
     autocast = autocast or nullcontext
+    board = board or TensorBoard(None, "vae", enabled=False)
     history = list(history or [])
     stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES).to(device)
     batch_size, workers = config["data"]["batch_size"], config["data"]["num_workers"]
@@ -213,8 +214,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                                           f"vae.grad_clip.")
                 values = mean_over_ranks(  # the global batch's figures
                     dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist())))
-                if board is not None:
-                    board.scalars("step", values, step)
+                board.scalars("step", values, step)
                 for key, value in values.items():
                     if math.isfinite(value):
                         sums[key] = sums.get(key, 0.0) + value
@@ -239,8 +239,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         row["seconds"] = round(seconds, 2)
         row["audio_seconds_per_second"] = round(count * seconds_per_batch / seconds, 1)
         history.append(row)
-        if board is not None:
-            board.epoch(row, step)
+        board.epoch(row, step)
         if save:
             save(epoch, history, step, partial=False)
         log(f"VAE epoch {epoch} ({phase}): STFT distance {row.get('vae/stft', float('nan')):.4f} "

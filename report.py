@@ -122,7 +122,8 @@ def dataset_summary(dataset_dir, media):
     if dataset_dir:
         try:
             info = {**load_dataset_info(dataset_dir), "dataset_dir": str(dataset_dir)}
-            kept.write_text(json.dumps(info, indent=1), encoding="utf-8")
+            if read_json(kept) != info:  # written once, not at every save
+                kept.write_text(json.dumps(info, indent=1), encoding="utf-8")
             return info
         except (DatasetError, OSError):
             pass
@@ -146,10 +147,9 @@ def sync_audio(source_folder, media_folder, mirror=False):
     for source in sources:
         target = media_folder / source.relative_to(source_folder)
         stat = source.stat()
-        if target.exists():
+        if target.exists():  # a link, or a copy2 copy, of the same file has its size and mtime
             kept = target.stat()
-            if (kept.st_ino == stat.st_ino and kept.st_dev == stat.st_dev) or (
-                    kept.st_size == stat.st_size and kept.st_mtime_ns == stat.st_mtime_ns):
+            if kept.st_size == stat.st_size and kept.st_mtime_ns == stat.st_mtime_ns:
                 continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -268,7 +268,7 @@ VAE_COLUMNS = [("epoch", "epoch"), ("phase", "phase"), ("STFT", "vae/stft"), ("v
                ("KL", "vae/kl"), ("audio-s/s", "audio_seconds_per_second"), ("s", "seconds")]
 
 
-def write_report(folder, log=None):
+def write_report(folder):
     """Write folder/report.html (atomically) from what the run left in folder; returns its path."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -402,8 +402,6 @@ def write_report(folder, log=None):
     tmp = folder / f".{REPORT_FILE}.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
-    if log:
-        log(f"run report: {path}")
     return path
 
 
@@ -418,11 +416,12 @@ def write_report_safely(folder, log=print):
         return None
 
 
-def report_line(folder, note="open it in a browser", log=print):
-    """Print where folder's report.html is, writing it first when the run has none yet (a run trained before
-    reports existed)."""
+def report_line(folder, note="open it in a browser", log=print, rewrite=False):
+    """Print where folder's report.html is: the last line of training, a sweep and generate.py. rewrite writes it
+    afresh first (after training or a sweep); otherwise it is written only when the run has none yet (a run
+    trained before reports existed). Nothing is printed when it cannot be written."""
     path = Path(folder) / REPORT_FILE
-    if path.exists() or write_report_safely(folder, log):
+    if (path.exists() and not rewrite) or write_report_safely(folder, log):
         log(f"run report: {path} ({note})")
 
 
