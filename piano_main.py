@@ -511,6 +511,10 @@ def main(argv=None):
         device = setup_distributed(device)  # under torchrun: join the process group; this rank's GPU
         try:
             status = run(config, device, log=print if is_main() else quiet)
+            # Every rank finishes (rank 0 writes the last report) before any tears its connections down: a rank
+            # that leaves early can die in gloo's teardown ("terminate called without an active exception").
+            # Only on success: after an error on one rank the others may be in another collective.
+            barrier()
         finally:
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
