@@ -37,7 +37,7 @@ import torch
 from config_reader import config_from_checkpoint
 from discriminator import build_discriminator
 from report import report_line
-from utilities import CheckpointError, checkpoint_path, load_checkpoint, load_generator, run_folder
+from utilities import CheckpointError, checkpoint_path, inference_autocast, load_checkpoint, load_generator, run_folder
 
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
 PEAK = 10 ** (-1 / 20)  # -1 dBFS
@@ -205,6 +205,11 @@ def main(argv=None):
     parser.add_argument("--checkpoint-folder", default=None, help="the run's folder (overrides the config's)")
     parser.add_argument("--no-plots", action="store_true", help="skip the waveform/spectrogram PNGs")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="arithmetic of the generator's matrix products: auto picks bf16 on a GPU of compute "
+                             "capability 8 or more (fp16 below) and on a CPU where a bfloat16 matmul is faster, "
+                             "else fp32, and says why; the phase, magnitude and inverse STFT stay float32 "
+                             "(default: auto)")
     parser.add_argument("--reconstruct", metavar="PATH", default=None,
                         help="encode and decode this audio file, or every audio file under this folder, with the "
                              "run's VAE; writes NAME.original.wav and NAME.reconstruction.wav to --out "
@@ -227,6 +232,7 @@ def main(argv=None):
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         epoch = "latest" if args.epoch == "latest" else int(args.epoch)
         generator, config, epoch = load_generator(folder, epoch, device)
+        autocast = inference_autocast(args.precision, device)
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -238,7 +244,8 @@ def main(argv=None):
     fade = min(round(args.crossfade_ms / 1000 * sample_rate), generator.seq_len // 4)  # seed only
     rng = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)  # the seed's generator (reparameterize) draws from the global RNG
-    pieces, segments = make_pieces(generator, args.count, samples, fade, rng, device)
+    with autocast:
+        pieces, segments = make_pieces(generator, args.count, samples, fade, rng, device)
     order, scores = list(range(args.count)), None
     if args.rank_by_discriminator and segments is None:
         print(f"warning: pieces of {args.seconds:g} s are shorter than the window the discriminator judges; "

@@ -47,7 +47,7 @@ from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretr
                          write_metrics)
 from report import report_line, write_report_safely
 from update_checkpoint import update_checkpoint
-from utilities import (CheckpointError, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
+from utilities import (CheckpointError, auto_precision, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
                        is_main, load_checkpoint, setup_distributed, world_size)
 from vae_utilities import (RECONSTRUCTIONS_DIR, VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache,
                            read_vae_checkpoint, restore_own_rng_states, save_checkpoint, vae_fingerprint,
@@ -74,44 +74,6 @@ def check_dataset_matches(info, config, dataset_dir):
                         f"(data.batch_size x training.accumulation_steps); add music or lower data.batch_size")
     if problems:
         raise DatasetError(f"{dataset_dir} does not match the config: " + "; and ".join(problems) + ".")
-
-
-def cpu_bf16_speedup(seconds=0.3):
-    """How many times faster a bfloat16 matmul (under autocast, as training runs it) is than float32 on this
-    CPU: the better of repeated timings of both, about `seconds` in all."""
-    rng = torch.Generator().manual_seed(0)  # training's random stream is left alone
-    a, b = torch.randn(256, 1024, generator=rng), torch.randn(1024, 1024, generator=rng)
-
-    def best(dtype):
-        fastest, spent = float("inf"), 0.0
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            (a @ b).sum()  # warm-up
-            while spent < seconds / 2:
-                started = time.perf_counter()
-                for _ in range(4):
-                    a @ b
-                took = time.perf_counter() - started
-                fastest, spent = min(fastest, took), spent + took
-        return fastest
-
-    return best(torch.float32) / best(torch.bfloat16)
-
-
-def auto_precision(device):
-    """(precision, why) for training.precision: auto on this device."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        name = torch.cuda.get_device_name(device)
-        if major >= 8:
-            return "bf16", f"{name} has compute capability {major}.{minor}: native bfloat16"
-        return "fp16", (f"{name} has compute capability {major}.{minor}, below 8.0, where bfloat16 is emulated: "
-                        f"float16 with a GradScaler")
-    if device.type != "cpu":
-        return "fp32", f"{device.type} is neither a CUDA GPU nor the CPU"
-    speedup = cpu_bf16_speedup()
-    if speedup >= 1.3:
-        return "bf16", f"a bfloat16 matmul ran {speedup:.1f}x as fast as float32 on this CPU"
-    return "fp32", f"a bfloat16 matmul ran only {speedup:.2f}x as fast as float32 on this CPU"
 
 
 def resolve_precision(config, device, resumed_precision=None, log=print):

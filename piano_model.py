@@ -58,7 +58,7 @@ class TransformerBlock(nn.Module):
 
 
 class LocalAttentionBlock(nn.Module):
-    """A pre-norm transformer layer whose attention reaches `context` frames either side (a band mask).
+    """A pre-norm transformer layer whose attention reaches `context` frames either side (band_attention).
 
     Without absolute positions and with a bounded reach, the layer does the same thing at every frame:
     a stack of them turns a noise sequence of any length into a latent sequence of that length, and a
@@ -72,18 +72,32 @@ class LocalAttentionBlock(nn.Module):
         self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.feed_forward = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, mask):  # x (B, frames, dim), mask (frames, frames): True where attention may look
+    def forward(self, x, context):  # x (B, frames, dim)
         batch, frames, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(batch, frames, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, frames, dim / heads)
+        attended = band_attention(q, k, v, context)  # (B, heads, frames, dim / heads)
         x = x + F.dropout(self.out(attended.transpose(1, 2).reshape(batch, frames, dim)), self.dropout, self.training)
         return x + F.dropout(self.feed_forward(self.norm2(x)), self.dropout, self.training)
 
 
-def band_mask(frames, context, device=None):
-    """(frames, frames) bool: frame i may attend to frame j when |i - j| <= context."""
-    index = torch.arange(frames, device=device)
-    return (index[:, None] - index[None, :]).abs() <= context
+def band_attention(q, k, v, context, block=16):
+    """Attention in which frame i sees the frames j with |i - j| <= context: q, k, v (B, heads, frames, d).
+
+    Computed block by block: each `block` queries against the block + 2 x context keys around them, so the
+    cost grows with frames x (block + 2 context), not frames squared as a masked full attention's does (that
+    one took 13 % of generating a piece). The same keys and weights, so the same result up to rounding.
+    """
+    frames = q.shape[2]
+    blocks = -(-frames // block)
+    tail = blocks * block - frames
+    window = block + 2 * context
+    q = F.pad(q, (0, 0, 0, tail)).unflatten(2, (blocks, block))  # (B, heads, blocks, block, d)
+    k, v = (F.pad(t, (0, 0, context, tail + context)).unfold(2, window, block).transpose(-1, -2) for t in (k, v))
+    query = torch.arange(blocks * block, device=q.device).view(blocks, block, 1)
+    key = (torch.arange(blocks, device=q.device) * block - context).view(blocks, 1, 1) + torch.arange(window, device=q.device)
+    # In the band, and a real frame; padded queries (dropped below) see the padding, so no row is empty.
+    mask = ((query - key).abs() <= context) & ((key >= 0) & (key < frames) | (query >= frames))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).flatten(2, 3)[:, :, :frames]
 
 
 class VariationalAttentionModel(nn.Module):
@@ -169,7 +183,7 @@ class VariationalAttentionModel(nn.Module):
         style = shared_randn((batch, 1, self.style_dim), generator=generator).expand(-1, frames, -1)
         return torch.cat([local, style], dim=2).to(device)
 
-    def latents(self, noise, block_frames=512):
+    def latents(self, noise, block_frames=2048):
         """Standardized latent sequences (B, frames, vae latent_dim) from sample_noise's (B, frames + 2 x
         receptive_field, noise channels): the frames whose context the noise holds in full. Long ones are
         computed in blocks of block_frames with receptive_field frames of context, which equals one pass."""
@@ -184,9 +198,8 @@ class VariationalAttentionModel(nn.Module):
     def _latents(self, noise):
         h = self.input(noise)
         h = h + self.position(h.transpose(1, 2)).transpose(1, 2)
-        mask = band_mask(h.shape[1], self.context, h.device)
         for block in self.blocks:
-            h = block(h, mask)
+            h = block(h, self.context)
         return self.output(self.norm(h))
 
     def fake_windows(self, batch, generator=None):

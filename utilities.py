@@ -4,6 +4,7 @@ import ctypes
 import ctypes.util
 import pickle
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -256,3 +257,59 @@ def configure_cpu_memory(precision):
     stay near 810 MiB with glibc's default, which is faster there (2.2 s instead of 2.5).
     """
     return limit_heap_fragmentation(4) if precision == "fp32" else False
+
+
+def cpu_bf16_speedup(seconds=0.3):
+    """How many times faster a bfloat16 matmul (under autocast, as training runs it) is than float32 on this
+    CPU: the better of repeated timings of both, about `seconds` in all."""
+    rng = torch.Generator().manual_seed(0)  # training's random stream is left alone
+    a, b = torch.randn(256, 1024, generator=rng), torch.randn(1024, 1024, generator=rng)
+
+    def best(dtype):
+        fastest, spent = float("inf"), 0.0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            (a @ b).sum()  # warm-up
+            while spent < seconds / 2:
+                started = time.perf_counter()
+                for _ in range(4):
+                    a @ b
+                took = time.perf_counter() - started
+                fastest, spent = min(fastest, took), spent + took
+        return fastest
+
+    return best(torch.float32) / best(torch.bfloat16)
+
+
+def auto_precision(device):
+    """(precision, why) for training.precision: auto on this device."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        if major >= 8:
+            return "bf16", f"{name} has compute capability {major}.{minor}: native bfloat16"
+        return "fp16", (f"{name} has compute capability {major}.{minor}, below 8.0, where bfloat16 is emulated: "
+                        f"float16 with a GradScaler")
+    if device.type != "cpu":
+        return "fp32", f"{device.type} is neither a CUDA GPU nor the CPU"
+    speedup = cpu_bf16_speedup()
+    if speedup >= 1.3:
+        return "bf16", f"a bfloat16 matmul ran {speedup:.1f}x as fast as float32 on this CPU"
+    return "fp32", f"a bfloat16 matmul ran only {speedup:.2f}x as fast as float32 on this CPU"
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_autocast(precision, device, log=print):
+    """An autocast context for generating with `precision` (auto, fp32, bf16 or fp16) on `device`; auto decides
+    as training does (auto_precision) and says why."""
+    from contextlib import nullcontext
+
+    if precision == "auto":
+        precision, why = auto_precision(device)
+        log(f"precision: {precision} ({why})")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

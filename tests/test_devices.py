@@ -5,6 +5,7 @@ import torch
 import pytest
 
 import piano_main
+import utilities
 from piano_model import build_generator
 from utilities import load_checkpoint, load_generator
 from vae_utilities import restore_rng_states, rng_states, save_checkpoint
@@ -38,7 +39,7 @@ def test_auto_precision_on_a_gpu_follows_the_compute_capability_of_that_gpu(monk
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
-    precision, why = piano_main.auto_precision(torch.device("cuda:1"))
+    precision, why = utilities.auto_precision(torch.device("cuda:1"))
     assert precision == expected and f"{capability[0]}.{capability[1]}" in why
     assert asked == [torch.device("cuda:1")]  # the GPU asked for, not the current one
 

@@ -152,6 +152,21 @@ def test_the_generator_writes_any_length_in_blocks_as_in_one_pass():
     assert generator.fake_windows(3).shape == (3, 12, 8)
 
 
+@pytest.mark.parametrize("frames, context", [(1, 8), (15, 8), (16, 8), (17, 8), (100, 0), (100, 3), (70, 40)])
+def test_band_attention_equals_a_masked_full_attention(frames, context):
+    from piano_model import band_attention
+
+    q, k, v = (torch.randn(2, 3, frames, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+               for i in range(3))
+    index = torch.arange(frames)
+    mask = (index[:, None] - index[None, :]).abs() <= context
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(band_attention(q, k, v, context), expected, atol=1e-12)
+    q.requires_grad_(True)
+    band_attention(q, k, v, context).sum().backward()
+    assert torch.isfinite(q.grad).all()  # padded rows of the last block never yield NaN
+
+
 def test_real_windows_are_contiguous_stretches_of_adjacent_chunks():
     cache = np.arange(4 * 10 * 2, dtype=np.float16).reshape(4, 10, 2)  # 2 pairs of 10-frame chunks
     windows = LatentWindows(cache, 15, torch.zeros(2), torch.ones(2))

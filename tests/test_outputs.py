@@ -150,6 +150,22 @@ def test_generate_is_repeatable_and_ranks_by_the_discriminator(trained_run, tmp_
     assert generate.main(["--config", str(config), "--count", "2", "--rank-by-discriminator", "3"]) == 2
 
 
+def test_generate_says_its_precision_and_refuses_fp16_on_the_cpu(trained_run, tmp_path, capsys):
+    root, config = trained_run
+    assert generate.main(["--config", str(config), "--count", "1", "--seconds", "0.3", "--out", str(tmp_path / "auto"),
+                          "--no-plots", "--device", "cpu"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("precision: "))
+    assert line.split()[1] in ("bf16", "fp32") and "as fast as float32 on this CPU" in line
+    fp32 = ["--config", str(config), "--count", "1", "--seconds", "0.3", "--no-plots", "--precision"]
+    assert generate.main(fp32 + ["fp32", "--out", str(tmp_path / "fp32")]) == 0
+    assert generate.main(fp32 + ["bf16", "--out", str(tmp_path / "bf16")]) == 0
+    a, b = (soundfile.read(next((tmp_path / name).glob("*.wav")))[0] for name in ("fp32", "bf16"))
+    assert a.shape == b.shape and not np.array_equal(a, b)  # bf16 really ran, and changed little:
+    assert 10 * np.log10((a ** 2).sum() / ((a - b) ** 2).sum()) > 20
+    assert generate.main(fp32 + ["fp16", "--out", str(tmp_path / "fp16"), "--device", "cpu"]) == 2
+    assert "--precision fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
 def test_crossfade_join_keeps_length_and_level():
     segments = [np.ones((2, 100), np.float32) for _ in range(3)]
     joined = generate.crossfade_join(segments, 20)

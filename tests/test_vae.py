@@ -52,6 +52,18 @@ def test_long_signals_in_blocks_equal_one_pass():
     torch.testing.assert_close(vae.decode_long(mu, block_frames=64, margin_frames=32), whole, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_fft, hop", [(512, 128), (64, 16), (60, 24)])  # hop dividing n_fft, and not
+def test_the_codec_inverts_its_own_stft(n_fft, hop):
+    from piano_encoder_decoder import SpectralCodec
+
+    codec = SpectralCodec(n_fft, hop)
+    x = torch.randn(2, 2, 40 * hop, generator=torch.Generator().manual_seed(0))
+    spec = codec.stft(x)  # (B, C, bins, frames); istft takes frames before channels and bins
+    rebuilt = codec.istft(spec.permute(0, 3, 1, 2))
+    inner = slice(n_fft, -n_fft)  # the ends are reflected padding, which the overlap-add cannot restore exactly
+    assert rebuilt.shape == x.shape and torch.allclose(rebuilt[..., inner], x[..., inner], atol=1e-5)
+
+
 def test_untrained_decoder_stamps_no_fixed_lines():
     """Average spectrum of 32 clips from random latents: no bin above 100 Hz more than 6 dB above its neighbours."""
     torch.manual_seed(0)
