@@ -152,8 +152,9 @@ def test_the_generator_writes_any_length_in_blocks_as_in_one_pass():
     assert generator.fake_windows(3).shape == (3, 12, 8)
 
 
-@pytest.mark.parametrize("frames, context", [(1, 8), (15, 8), (16, 8), (17, 8), (100, 0), (100, 3), (70, 40)])
-def test_band_attention_equals_a_masked_full_attention(frames, context):
+@pytest.mark.parametrize("frames, context", [(1, 8), (15, 8), (16, 8), (17, 8), (100, 0), (100, 3), (70, 40), (300, 8)])
+@pytest.mark.parametrize("full_up_to", [0, 256])  # block by block always, and as the generator runs it
+def test_band_attention_equals_a_masked_full_attention(frames, context, full_up_to):
     from piano_model import band_attention
 
     q, k, v = (torch.randn(2, 3, frames, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
@@ -161,9 +162,9 @@ def test_band_attention_equals_a_masked_full_attention(frames, context):
     index = torch.arange(frames)
     mask = (index[:, None] - index[None, :]).abs() <= context
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.allclose(band_attention(q, k, v, context), expected, atol=1e-12)
+    assert torch.allclose(band_attention(q, k, v, context, full_up_to=full_up_to), expected, atol=1e-12)
     q.requires_grad_(True)
-    band_attention(q, k, v, context).sum().backward()
+    band_attention(q, k, v, context, full_up_to=full_up_to).sum().backward()
     assert torch.isfinite(q.grad).all()  # padded rows of the last block never yield NaN
 
 
