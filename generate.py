@@ -61,16 +61,17 @@ def make_pieces(generator, count, samples, fade, rng, device, batch_size=8):
     judges of each: (count, per_piece, ...) segments (seed) or latent windows (latent)."""
     if generator.architecture == "latent":  # one noise sequence per piece, one pass: no joins to hide
         frames = -(-samples // generator.frame_samples)
-        per_piece = max(1, frames // generator.latent_seq_len)
+        window = generator.judged_frames
+        per_piece = max(1, frames // window)
         noise = generator.sample_noise(count, frames=frames, generator=rng, device=device)
         pieces, windows = [], []
         with torch.inference_mode():
             for batch in noise.split(batch_size):
                 z = generator.latents(batch)  # standardized: what the discriminator judges
                 pieces.append(generator.vae.decode_long(generator.to_vae_units(z))[..., :samples].float().cpu())
-                if z.shape[1] >= generator.latent_seq_len:
-                    z = z[:, :per_piece * generator.latent_seq_len]
-                    windows.append(z.reshape(len(z), per_piece, generator.latent_seq_len, -1).float().cpu())
+                if z.shape[1] >= window:
+                    z = z[:, :per_piece * window]
+                    windows.append(z.reshape(len(z), per_piece, window, -1).float().cpu())
         return torch.cat(pieces).numpy(), (torch.cat(windows) if windows else None)
     seq_len = generator.seq_len
     per_piece = 1 if samples <= seq_len else math.ceil((samples - fade) / (seq_len - fade))

@@ -317,7 +317,7 @@ def latent_data(config, vae, folder, info):
     dataset_dir = config["data"]["dataset_dir"]
     cache = load_latent_cache(folder, vae_fingerprint(vae), dataset_dir)
     mean, std = latent_statistics(cache["training"])
-    frames = config["model"]["latent_seq_len"]
+    frames = config["model"]["latent_seq_len"] * (2 if config["model"]["seams"] == "joined_windows" else 1)
     train = LatentWindows(cache["training"], frames, mean, std, name="the training set's latent cache")
     val = val_audio = None
     if len(cache["validation"]) >= 2:

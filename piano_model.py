@@ -80,6 +80,9 @@ class LocalAttentionBlock(nn.Module):
         return x + F.dropout(self.feed_forward(self.norm2(x)), self.dropout, self.training)
 
 
+SEAMS = ("long", "joined_windows")
+
+
 def band_attention(q, k, v, context, block=16, full_up_to=256):
     """Attention in which frame i sees the frames j with |i - j| <= context: q, k, v (B, heads, frames, d).
 
@@ -118,7 +121,9 @@ class VariationalAttentionModel(nn.Module):
     frame_samples). Every output frame depends on the noise within receptive_field frames of it, and
     sample_noise(batch, frames) draws that context for every frame (frames + 2 x receptive_field of
     noise): the discriminator's windows, and pieces of any length, are made of frames alike, and pieces
-    have no seams.
+    have no seams. With seams="joined_windows" (Musika's alternative, measured worse: docs/experiments.md),
+    sample_noise draws one anchor per window boundary instead, each window is written alone from noise
+    moving between its two anchors, and the discriminator judges two adjacent windows (judged_frames).
 
     architecture="seed": the seed's end-to-end generator, noise (B, sound_channels, noise_dim) through a
     noise encoder to latent_seq_len Gaussians of latent_dim, a sample of which passes through num_layers
@@ -127,7 +132,7 @@ class VariationalAttentionModel(nn.Module):
 
     def __init__(self, sound_channels=2, n_channels=128, seq_len=16500, latent_seq_len=64, latent_dim=256,
                  num_heads=8, num_layers=4, use_gaussians=True, num_of_gaussians=6, dropout=0.0, noise_dim=64, *,
-                 architecture="latent", context=8, style_dim=64, finetune_decoder=False, vae=None):
+                 architecture="latent", context=8, style_dim=64, finetune_decoder=False, vae=None, seams="long"):
         super().__init__()
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or latent_dim % num_heads:
             raise ValueError(f"num_heads must be a positive integer that divides latent_dim ({latent_dim}), "
@@ -136,7 +141,11 @@ class VariationalAttentionModel(nn.Module):
             raise ValueError(f"num_layers must be an integer of 0 or more, got {num_layers!r}")
         if architecture not in ("latent", "seed"):
             raise ValueError(f"architecture must be 'latent' or 'seed', got {architecture!r}")
-        self.architecture = architecture
+        if seams not in SEAMS:
+            raise ValueError(f"seams must be one of {', '.join(SEAMS)}, got {seams!r}")
+        self.architecture, self.seams = architecture, seams
+        # the frames the discriminator judges: a window, or (Musika) two adjacent windows joined
+        self.judged_frames = latent_seq_len * (2 if seams == "joined_windows" else 1)
         self.sound_channels, self.noise_dim, self.latent_seq_len = sound_channels, noise_dim, latent_seq_len
         if architecture == "seed":
             self.seq_len = seq_len
@@ -182,6 +191,11 @@ class VariationalAttentionModel(nn.Module):
             if generator is None:  # the global stream of the device it is for, as the seed drew it
                 return shared_randn((batch, self.sound_channels, self.noise_dim), device=device)
             return torch.randn(batch, self.sound_channels, self.noise_dim, generator=generator).to(device)
+        if self.seams == "joined_windows":  # one anchor per window boundary; neighbouring windows share one
+            windows = -(-(frames or self.judged_frames) // self.latent_seq_len)
+            anchors = shared_randn((batch, windows + 1, self.noise_dim), generator=generator)
+            style = shared_randn((batch, 1, self.style_dim), generator=generator).expand(-1, windows + 1, -1)
+            return torch.cat([anchors, style], dim=2).to(device)
         frames = (frames or self.latent_seq_len) + 2 * self.receptive_field  # each output frame's full context
         # shared_randn: under torchrun, this rank's rows of the global batch's noise (utilities.py says why)
         local = shared_randn((batch, frames, self.noise_dim), generator=generator)
@@ -192,6 +206,8 @@ class VariationalAttentionModel(nn.Module):
         """Standardized latent sequences (B, frames, vae latent_dim) from sample_noise's (B, frames + 2 x
         receptive_field, noise channels): the frames whose context the noise holds in full. Long ones are
         computed in blocks of block_frames with receptive_field frames of context, which equals one pass."""
+        if self.seams == "joined_windows":
+            return self._joined_windows(noise)
         margin = self.receptive_field
         if noise.shape[1] <= 2 * margin:
             raise ValueError(f"noise of {noise.shape[1]} frames holds no output frame: it needs more than "
@@ -199,6 +215,23 @@ class VariationalAttentionModel(nn.Module):
         run = lambda lo, hi: (self._latents(noise[:, lo:hi]),)  # noqa: E731
         z = VariationalEncoderDecoder._in_blocks(run, noise.shape[1], block_frames, margin, dim=1)[0]
         return z[:, margin:-margin]
+
+    def _joined_windows(self, anchors):
+        """Musika's latent coordinates: window i is written alone from noise that moves from anchor i to anchor
+        i + 1 over its frames (rescaled to unit variance), so neighbours share the noise at their boundary and
+        the discriminator, judging two adjacent windows joined, teaches them to meet without a seam.
+        anchors (B, windows + 1, noise channels) -> (B, windows x latent_seq_len, vae latent_dim)."""
+        batch, points, channels = anchors.shape
+        if points < 2:
+            raise ValueError(f"noise of {points} anchor holds no window: draw it with sample_noise")
+        t = torch.arange(self.latent_seq_len, device=anchors.device, dtype=anchors.dtype) / self.latent_seq_len
+        t = t.view(1, 1, -1, 1)
+        noise = anchors[..., :self.noise_dim]
+        left, right = noise[:, :-1, None], noise[:, 1:, None]  # (B, windows, 1, noise_dim)
+        frames = (left * (1 - t) + right * t) / torch.sqrt((1 - t) ** 2 + t ** 2)
+        style = anchors[:, :1, None, self.noise_dim:].expand(-1, points - 1, self.latent_seq_len, -1)
+        z = self._latents(torch.cat([frames.expand(-1, -1, self.latent_seq_len, -1), style], dim=-1).flatten(0, 1))
+        return z.view(batch, -1, z.shape[-1])
 
     def _latents(self, noise):
         h = self.input(noise)

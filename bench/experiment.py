@@ -3,6 +3,7 @@
     python bench/experiment.py                                   # Debian's asc-music, 30 minutes per recipe
     python bench/experiment.py --music ~/Music --minutes 10 --recipes latent seed
     python bench/experiment.py --recipes latent bce_stft --reuse # re-measure runs already in runs/experiments
+    python bench/experiment.py --recipes latent latent_joined --vae runs/experiments/latent/checkpoints/vae.pt
 
 Prepares the music (12 kHz, 30 s clips, 3 s chunks, one song held out), trains each recipe with a
 CPU-sized model for --minutes (pretraining included, training.time_budget_minutes), then measures its
@@ -46,12 +47,14 @@ NO_D_STATS = ["loss_weights.d_melody=0", "loss_weights.d_silence=0", "loss_weigh
 RECIPES = {  # name: (config file, overrides)
     "latent": ("config.yaml", LATENT_SIZE),  # the default: hinge + adaptive R1 on latents, EMA generator
     "latent_audio_d": ("config.yaml", [*LATENT_SIZE, "discriminator.multi_resolution_stft=true"]),
+    "latent_joined": ("config.yaml", [*LATENT_SIZE, "model.seams=joined_windows"]),
     "bce_stft": ("configs/seed.yaml", [*SEED_SIZE, "loss_weights.adversarial=1", "loss_weights.stft=1", *NO_D_STATS]),
     "seed": ("configs/seed.yaml", SEED_SIZE),  # bce, recon x2 + adversarial x20 + KL, D's statistic terms
 }
 DESCRIPTIONS = {
     "latent": "the new default: VAE, then a local-attention transformer writing latents, judged on latents (hinge, adaptive R1, EMA)",
     "latent_audio_d": "the same, plus a multi-resolution STFT discriminator on the decoded audio",
+    "latent_joined": "the same, but Musika's seams: each window written alone from noise between two shared anchors, D judging two adjacent windows joined",
     "bce_stft": "the previous default: the seed's end-to-end generator with BCE, unpaired recon x2 and STFT x1",
     "seed": "the seed's recipe exactly (configs/seed.yaml)",
 }
@@ -76,6 +79,9 @@ def main():
                              "is measured when there is none (to build one report from runs made in parallel)")
     parser.add_argument("--report", default="docs/experiments.md", help="the file whose experiment block is rewritten")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--vae", default=None,
+                        help="a trained vae.pt that the latent recipes reuse instead of training their own, so that "
+                             "the whole budget goes to the GAN stage (to compare GAN recipes on one VAE)")
     args = parser.parse_args()
 
     work = (ROOT / args.work).resolve()
@@ -94,6 +100,8 @@ def main():
         overrides = [*BASE, *recipe, f"data.dataset_dir={work / 'dataset'}",
                      f"output.checkpoint_folder={folder / 'checkpoints'}", f"output.music_out_folder={folder / 'samples'}",
                      f"training.time_budget_minutes={args.minutes}"]
+        if args.vae and config == "config.yaml":
+            overrides.append(f"vae.checkpoint={Path(args.vae).resolve()}")
         if args.device == "cpu":  # the recorded CPU figures are fp32; auto would pick by this CPU's bf16 speed
             overrides.append("training.precision=fp32")
         seconds = None

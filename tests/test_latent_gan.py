@@ -168,6 +168,23 @@ def test_band_attention_equals_a_masked_full_attention(frames, context, full_up_
     assert torch.isfinite(q.grad).all()  # padded rows of the last block never yield NaN
 
 
+def test_joined_windows_are_written_alone_from_anchors_their_neighbours_share():
+    generator = models(tiny(model={"seams": "joined_windows"}))[0].eval()
+    length = generator.latent_seq_len
+    assert generator.judged_frames == 2 * length and generator.fake_windows(3).shape == (3, 2 * length, 8)
+    noise = generator.sample_noise(2, frames=3 * length - 1, generator=torch.Generator().manual_seed(1))
+    assert noise.shape == (2, 4, 8 + 4)  # 3 windows, 4 anchors; the style channels are the same in all
+    style = noise[..., 8:]
+    assert torch.equal(style, style[:, :1].expand_as(style))
+    with torch.no_grad():
+        z = generator.latents(noise)
+        assert z.shape == (2, 3 * length, 8)
+        # window 1 depends on anchors 1 and 2 only: written alone, and it starts from where window 0 ends
+        assert torch.allclose(generator.latents(noise[:, 1:3]), z[:, length:2 * length], atol=1e-6)
+        assert not torch.allclose(generator.latents(noise[:, 1:3].flip(1)), z[:, length:2 * length], atol=1e-3)
+        assert generator(noise)[2].shape == (2, 2, 3 * length * generator.frame_samples)
+
+
 def test_real_windows_are_contiguous_stretches_of_adjacent_chunks():
     cache = np.arange(4 * 10 * 2, dtype=np.float16).reshape(4, 10, 2)  # 2 pairs of 10-frame chunks
     windows = LatentWindows(cache, 15, torch.zeros(2), torch.ones(2))

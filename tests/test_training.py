@@ -59,6 +59,19 @@ def test_two_epochs_end_to_end(tmp_path, dataset, capsys):
     assert (ck / "latents" / "training.npy").exists() and (ck / "latents" / "latents.json").exists()
 
 
+def test_musikas_joined_windows_train_and_generate(tmp_path, dataset, capsys):
+    config = tiny_config(tmp_path, dataset, model={"seams": "joined_windows"}, training={"epochs": 1})
+    assert piano_main.main(["--config", str(config)]) == 0
+    ck = tmp_path / "ck"
+    assert load_checkpoint(ck / "generator_epoch_1.pt")["config"]["model"]["seams"] == "joined_windows"
+    import generate
+
+    assert generate.main(["--checkpoint-folder", str(ck), "--count", "2", "--seconds", "1.3", "--no-plots",
+                          "--rank-by-discriminator", "1", "--out", str(tmp_path / "gen")]) == 0
+    (wav,) = (tmp_path / "gen").glob("*.wav")
+    assert soundfile.info(wav).frames == round(1.3 * SR)
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
     straight = tiny_config(tmp_path / "a", dataset, training={"epochs": 3})
     assert piano_main.main(["--config", str(straight)]) == 0
