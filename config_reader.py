@@ -392,3 +392,9 @@ if __name__ == "__main__":
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(commented_yaml(make(), header), encoding="utf-8")
         print(f"wrote {name}")
+
+
+def judged_frames(model):
+    """Latent frames in what the discriminator judges, from config["model"]: a window of latent_seq_len, or two
+    adjacent ones joined under seams: joined_windows (Musika's)."""
+    return model["latent_seq_len"] * (2 if model.get("seams") == "joined_windows" else 1)

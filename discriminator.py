@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from config_reader import judged_frames
+
 FOLD = 4  # input samples folded into channels before the first convolution
 STRIDE = 4
 
@@ -258,7 +260,7 @@ def build_discriminator(config):
             audio["multi_scale"] = MultiScaleDiscriminator(m["sound_channels"], d["width"])
         if d["multi_resolution_stft"]:
             audio["multi_resolution_stft"] = MultiResolutionSTFTDiscriminator(m["sound_channels"], width=d["width"])
-        return LatentDiscriminator(config["vae"]["latent_dim"], m["latent_seq_len"], d["n_channels"],
+        return LatentDiscriminator(config["vae"]["latent_dim"], judged_frames(m), d["n_channels"],
                                    d["mdisc_kernels"], d["mdisc_kernel_dim"], d["use_minibatch_discrimination"],
                                    MultiDiscriminator(audio) if audio else None)
     members = {}

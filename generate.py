@@ -209,7 +209,7 @@ def main(argv=None):
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="arithmetic of the generator's matrix products: auto picks bf16 on a GPU of compute "
                              "capability 8 or more (fp16 below) and on a CPU where a bfloat16 matmul is faster, "
-                             "else fp32, and says why; the phase, magnitude and inverse STFT stay float32 "
+                             "else fp32, and says why; the phase rotation and inverse STFT stay float32 "
                              "(default: auto)")
     parser.add_argument("--reconstruct", metavar="PATH", default=None,
                         help="encode and decode this audio file, or every audio file under this folder, with the "

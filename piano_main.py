@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config_reader import load_config_from_yaml, write_config
+from config_reader import judged_frames, load_config_from_yaml, write_config
 from create_dataset import DatasetError, load_dataset_info
 from discriminator import build_discriminator
 from loss_functions import MultiResolutionSTFTLoss
@@ -317,7 +317,7 @@ def latent_data(config, vae, folder, info):
     dataset_dir = config["data"]["dataset_dir"]
     cache = load_latent_cache(folder, vae_fingerprint(vae), dataset_dir)
     mean, std = latent_statistics(cache["training"])
-    frames = config["model"]["latent_seq_len"] * (2 if config["model"]["seams"] == "joined_windows" else 1)
+    frames = judged_frames(config["model"])
     train = LatentWindows(cache["training"], frames, mean, std, name="the training set's latent cache")
     val = val_audio = None
     if len(cache["validation"]) >= 2:
@@ -476,7 +476,8 @@ def main(argv=None):
             # Every rank finishes (rank 0 writes the last report) before any tears its connections down: a rank
             # that leaves early can die in gloo's teardown ("terminate called without an active exception").
             # Only on success: after an error on one rank the others may be in another collective.
-            barrier()
+            if status != "interrupted":  # after Ctrl-C another rank may still be in a collective
+                barrier()
         finally:
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()

@@ -105,7 +105,9 @@ def band_attention(q, k, v, context, block=16, full_up_to=256):
     key = (torch.arange(blocks, device=q.device) * block - context).view(blocks, 1, 1) + torch.arange(window, device=q.device)
     # In the band, and a real frame; padded queries (dropped below) see the padding, so no row is empty.
     mask = ((query - key).abs() <= context) & ((key >= 0) & (key < frames) | (query >= frames))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).flatten(2, 3)[:, :, :frames]
+    batch, heads = q.shape[:2]  # 4-D for the fused kernels: (B x heads, blocks, block, d), the mask broadcast
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask)
+    return out.view(batch, heads, blocks * block, -1)[:, :, :frames]
 
 
 class VariationalAttentionModel(nn.Module):
@@ -145,7 +147,9 @@ class VariationalAttentionModel(nn.Module):
             raise ValueError(f"seams must be one of {', '.join(SEAMS)}, got {seams!r}")
         self.architecture, self.seams = architecture, seams
         # the frames the discriminator judges: a window, or (Musika) two adjacent windows joined
-        self.judged_frames = latent_seq_len * (2 if seams == "joined_windows" else 1)
+        from config_reader import judged_frames
+
+        self.judged_frames = judged_frames({"latent_seq_len": latent_seq_len, "seams": seams})
         self.sound_channels, self.noise_dim, self.latent_seq_len = sound_channels, noise_dim, latent_seq_len
         if architecture == "seed":
             self.seq_len = seq_len

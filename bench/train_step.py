@@ -106,7 +106,7 @@ def latent_step(autocast):
 
     import torch
 
-    from config_reader import defaults
+    from config_reader import defaults, judged_frames
     from discriminator import build_discriminator
     from piano_model import build_generator
     from piano_train import ema_update, latent_train_step
@@ -124,7 +124,7 @@ def latent_step(autocast):
         ema_update(ema, generator, t["ema_decay"])
         return logs
 
-    real = torch.randn(t["gan_batch_size"], config["model"]["latent_seq_len"], config["vae"]["latent_dim"])
+    real = torch.randn(t["gan_batch_size"], judged_frames(config["model"]), config["vae"]["latent_dim"])
     return step, real, t["gan_batch_size"]
 
 
