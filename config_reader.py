@@ -18,6 +18,8 @@ import yaml
 
 from loss_functions import ADVERSARIAL_KINDS, REMOVED_LOSS_WEIGHTS, SEED_LOSS_WEIGHTS
 
+SEAMS = ("long", "joined_windows")  # model.seams: how the latent generator makes music of any length
+
 
 def _number(value):
     """'1e-4' -> 0.0001; anything else unchanged."""
@@ -104,7 +106,7 @@ SCHEMA = {
         "num_heads": Field(8, "int", "attention heads; must divide latent_dim", low=1),
         "num_layers": Field(4, "int", "transformer layers", low=0),
         "context": Field(8, "int", "latent: each layer attends this many frames either side (so music of any length has no seams)", low=1),
-        "seams": Field("long", "str", "latent: long: the transformer writes a whole piece at once and D judges windows of it; joined_windows: Musika's, each window written alone from noise between two anchors that neighbours share, D judging two adjacent windows joined", choices=("long", "joined_windows")),
+        "seams": Field("long", "str", "latent: long: the transformer writes a whole piece at once and D judges windows of it; joined_windows: Musika's, each window written alone from noise between two anchors that neighbours share, D judging two adjacent windows joined", choices=SEAMS),
         "noise_dim": Field(64, "int", "latent: white-noise channels per latent frame; seed: white-noise samples per channel", low=1),
         "style_dim": Field(64, "int", "latent: white-noise channels held fixed over a whole piece (its character)", low=0),
         "finetune_decoder": Field(False, "bool", "latent: train the VAE's decoder too (it needs an audio discriminator); frozen by default"),

@@ -47,8 +47,8 @@ from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretr
                          write_metrics)
 from report import report_line, write_report_safely
 from update_checkpoint import update_checkpoint
-from utilities import (CheckpointError, auto_precision, barrier, checkpoint_epochs, checkpoint_path, configure_cpu_memory, from_main,
-                       is_main, load_checkpoint, setup_distributed, world_size)
+from utilities import (AUTOCAST_DTYPES, CheckpointError, auto_precision, barrier, checkpoint_epochs, checkpoint_path,
+                       configure_cpu_memory, from_main, is_main, load_checkpoint, setup_distributed, world_size)
 from vae_utilities import (RECONSTRUCTIONS_DIR, VAE_FILE, build_latent_cache, latent_cache_problem, load_latent_cache,
                            read_vae_checkpoint, restore_own_rng_states, save_checkpoint, vae_fingerprint,
                            vae_from_checkpoint, every_rank_rng_states, write_reconstructions)
@@ -97,8 +97,7 @@ def precision_setup(config, device, resumed_precision=None, log=print):
     precision = resolve_precision(config, device, resumed_precision, log)
     if precision == "fp32":
         return precision, nullcontext, None, None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    autocast = partial(torch.autocast, device.type, dtype=dtype)
+    autocast = partial(torch.autocast, device.type, dtype=AUTOCAST_DTYPES[precision])
     scalers = [torch.amp.GradScaler(device.type) for _ in range(2)] if precision == "fp16" else [None, None]
     return precision, autocast, *scalers
 
@@ -475,8 +474,8 @@ def main(argv=None):
             status = run(config, device, log=print if is_main() else quiet)
             # Every rank finishes (rank 0 writes the last report) before any tears its connections down: a rank
             # that leaves early can die in gloo's teardown ("terminate called without an active exception").
-            # Only on success: after an error on one rank the others may be in another collective.
-            if status != "interrupted":  # after Ctrl-C another rank may still be in a collective
+            # Not after an error or Ctrl-C, when another rank may still be inside a collective.
+            if status != "interrupted":
                 barrier()
         finally:
             if torch.distributed.is_initialized():

@@ -80,9 +80,6 @@ class LocalAttentionBlock(nn.Module):
         return x + F.dropout(self.feed_forward(self.norm2(x)), self.dropout, self.training)
 
 
-SEAMS = ("long", "joined_windows")
-
-
 def band_attention(q, k, v, context, block=16, full_up_to=256):
     """Attention in which frame i sees the frames j with |i - j| <= context: q, k, v (B, heads, frames, d).
 
@@ -143,12 +140,12 @@ class VariationalAttentionModel(nn.Module):
             raise ValueError(f"num_layers must be an integer of 0 or more, got {num_layers!r}")
         if architecture not in ("latent", "seed"):
             raise ValueError(f"architecture must be 'latent' or 'seed', got {architecture!r}")
+        from config_reader import SEAMS, judged_frames
+
         if seams not in SEAMS:
             raise ValueError(f"seams must be one of {', '.join(SEAMS)}, got {seams!r}")
         self.architecture, self.seams = architecture, seams
         # the frames the discriminator judges: a window, or (Musika) two adjacent windows joined
-        from config_reader import judged_frames
-
         self.judged_frames = judged_frames({"latent_seq_len": latent_seq_len, "seams": seams})
         self.sound_channels, self.noise_dim, self.latent_seq_len = sound_channels, noise_dim, latent_seq_len
         if architecture == "seed":
@@ -225,7 +222,7 @@ class VariationalAttentionModel(nn.Module):
         i + 1 over its frames (rescaled to unit variance), so neighbours share the noise at their boundary and
         the discriminator, judging two adjacent windows joined, teaches them to meet without a seam.
         anchors (B, windows + 1, noise channels) -> (B, windows x latent_seq_len, vae latent_dim)."""
-        batch, points, channels = anchors.shape
+        batch, points = anchors.shape[:2]
         if points < 2:
             raise ValueError(f"noise of {points} anchor holds no window: draw it with sample_noise")
         t = torch.arange(self.latent_seq_len, device=anchors.device, dtype=anchors.dtype) / self.latent_seq_len
@@ -234,7 +231,7 @@ class VariationalAttentionModel(nn.Module):
         left, right = noise[:, :-1, None], noise[:, 1:, None]  # (B, windows, 1, noise_dim)
         frames = (left * (1 - t) + right * t) / torch.sqrt((1 - t) ** 2 + t ** 2)
         style = anchors[:, :1, None, self.noise_dim:].expand(-1, points - 1, self.latent_seq_len, -1)
-        z = self._latents(torch.cat([frames.expand(-1, -1, self.latent_seq_len, -1), style], dim=-1).flatten(0, 1))
+        z = self._latents(torch.cat([frames, style], dim=-1).flatten(0, 1))
         return z.view(batch, -1, z.shape[-1])
 
     def _latents(self, noise):
