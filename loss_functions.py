@@ -88,24 +88,46 @@ def feature_matching_loss(real_features, fake_features):
 
 
 class MultiResolutionSTFTLoss(torch.nn.Module):
-    """Makes the spectrum match at several time-frequency resolutions (auraloss's implementation).
+    """Makes the spectrum match at several time-frequency resolutions: auraloss's MultiResolutionSTFTLoss.
 
-    stereo=True compares the sum and difference of the channels (auraloss.freq.SumAndDifferenceSTFTLoss),
-    so the stereo image is matched too. Runs in float32 with autocast off.
+    At each resolution, spectral convergence (|||Y| - |X|||_F / |||Y|||_F over the batch) plus the mean L1
+    between log magnitudes (magnitudes floored at 1e-4), averaged over the resolutions; a Hann window, centred
+    frames. stereo=True compares the sum and difference of the channels instead, and averages the two
+    (auraloss.freq.SumAndDifferenceSTFTLoss), so the stereo image is matched too. Runs in float32 with autocast
+    off.
+
+    The same numbers and gradients as auraloss's (a test checks), in about three quarters of its time (0.17
+    against 0.24 s for the VAE's five resolutions on a batch of 16 x 2 x 16384, 2 CPU threads): auraloss also
+    computes both signals' phase, which these terms never use, and builds each magnitude in four steps where
+    one complex abs does. The VAE spends a third of its training step in this loss.
     """
 
     def __init__(self, fft_sizes=(512, 1024, 2048), hop_sizes=(50, 120, 240), win_lengths=(240, 600, 1200),
-                 stereo=False):
+                 stereo=False, floor=1e-4):
         super().__init__()
-        import auraloss
+        self.sizes = list(zip(fft_sizes, hop_sizes, win_lengths))
+        self.stereo, self.floor = stereo, floor
+        for n_fft, _, win_length in self.sizes:
+            self.register_buffer(f"window_{n_fft}_{win_length}", torch.hann_window(win_length), persistent=False)
 
-        sizes = dict(fft_sizes=list(fft_sizes), hop_sizes=list(hop_sizes), win_lengths=list(win_lengths))
-        self.loss = (auraloss.freq.SumAndDifferenceSTFTLoss(**sizes) if stereo
-                     else auraloss.freq.MultiResolutionSTFTLoss(**sizes))
+    def distance(self, fake, target):
+        """The loss between two batches of mono signals (N, T)."""
+        total = 0.0
+        for n_fft, hop, win_length in self.sizes:
+            window = getattr(self, f"window_{n_fft}_{win_length}")
+            fake_mag, target_mag = (torch.stft(x, n_fft, hop, win_length, window, return_complex=True).abs()
+                                    .clamp(min=self.floor) for x in (fake, target))
+            convergence = torch.linalg.vector_norm(target_mag - fake_mag) / torch.linalg.vector_norm(target_mag)
+            total = total + convergence + F.l1_loss(fake_mag.log(), target_mag.log())
+        return total / len(self.sizes)
 
     def forward(self, fake, target):
         with torch.autocast(fake.device.type, enabled=False):
-            return self.loss(fake.float().contiguous(), target.float().contiguous())
+            fake, target = fake.float(), target.float()
+            if not self.stereo:
+                return self.distance(fake.reshape(-1, fake.shape[-1]), target.reshape(-1, target.shape[-1]))
+            return (self.distance(fake.sum(1), target.sum(1))
+                    + self.distance(fake[:, 0] - fake[:, 1], target[:, 0] - target[:, 1])) / 2
 
 
 # ---------------------------------------------------------------------------------------------

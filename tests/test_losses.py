@@ -147,6 +147,27 @@ def test_feature_matching_and_stft_losses():
     assert float(stereo(mono, x)) > 3 * float(stft(mono, x))  # the side signal is gone: only stereo sees it
 
 
+@pytest.mark.parametrize("stereo", [False, True])
+def test_the_stft_loss_equals_auralosss_in_value_and_gradient(stereo):
+    import auraloss
+
+    sizes = dict(fft_sizes=[256, 64], hop_sizes=[64, 16], win_lengths=[256, 48])
+    ref = (auraloss.freq.SumAndDifferenceSTFTLoss if stereo else auraloss.freq.MultiResolutionSTFTLoss)(**sizes)
+    ours = L.MultiResolutionSTFTLoss(**sizes, stereo=stereo)
+    torch.manual_seed(0)
+    target = torch.randn(3, 2, 2000)
+    fake = torch.randn(3, 2, 2000) * 0.3
+    fake[0] = 0  # silence: magnitudes at the floor
+    grads = []
+    for loss in (ref, ours):
+        x = fake.clone().requires_grad_()
+        value = loss(x, target)
+        value.backward()
+        grads.append((float(value), x.grad))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finite on silence and on one sample: values and gradients
 
