@@ -28,6 +28,7 @@ from create_dataset import DatasetError
 from utilities import CheckpointError, forked_rng
 
 WINDOW_SECONDS = 1.0
+N_MELS = 40  # mel bands of the embedding (its first 2 x N_MELS dimensions are their means and stds)
 N_FFT, HOP = 1024, 256
 SILENCE_DB = -40.0  # a frame this far below the clip's peak counts as silent
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -44,7 +45,7 @@ def frame_features(clip, sample_rate):
     import librosa
 
     mel = librosa.power_to_db(librosa.feature.melspectrogram(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP,
-                                                             n_mels=40), ref=1.0, top_db=80)
+                                                             n_mels=N_MELS), ref=1.0, top_db=80)
     mfcc = librosa.feature.mfcc(S=mel, n_mfcc=13)
     chroma = librosa.feature.chroma_stft(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP)
     contrast = librosa.feature.spectral_contrast(y=clip, sr=sample_rate, n_fft=N_FFT, hop_length=HOP, fmin=100.0,
@@ -210,7 +211,10 @@ def loudness_pulse(clips, sample_rate, hz, hop=32):
 def compare(real_clips, fake_clips, sample_rate):
     """{"frechet", "gaps": {stat: {"real", "fake", "wasserstein"}}, "spectral_motion_db": {"real", "fake"},
     "diversity": {"spectrum_db": {"real", "fake"}, "onset_autocorr": {"real", "fake"}},
-    "tonal_lines_db": {"real": (dB, Hz), "fake": (dB, Hz)}, "windows"} for two sets of clips."""
+    "tonal_lines_db": {"real": (dB, Hz), "fake": (dB, Hz)}, "balance_db", "windows"} for two sets of clips.
+
+    balance_db: each of the 40 mel bands' mean level in the fake clips minus the real ones' (dB, after each clip's
+    peak normalization): the spectral balance, a tilt or a missing band, that the Fréchet distance folds in."""
     from scipy.stats import wasserstein_distance
 
     real_clips, fake_clips = list(real_clips), list(fake_clips)
@@ -223,7 +227,9 @@ def compare(real_clips, fake_clips, sample_rate):
               for name, clips in (("real", real_clips), ("fake", fake_clips))}
     spread = {name: diversity(clips, sample_rate) for name, clips in (("real", real_clips), ("fake", fake_clips))}
     lines = {name: tonal_lines_db(clips, sample_rate) for name, clips in (("real", real_clips), ("fake", fake_clips))}
+    balance = fake[:, :N_MELS].mean(0) - real[:, :N_MELS].mean(0)  # each mel band's mean level, fake - real
     return {"frechet": frechet_distance(real, fake), "gaps": gaps, "spectral_motion_db": motion,
+            "balance_db": [float(v) for v in balance],
             "diversity": {key: {name: spread[name][key] for name in spread} for key in spread["real"]},
             "tonal_lines_db": lines,
             "windows": {"real": len(real), "fake": len(fake)}}
@@ -293,6 +299,11 @@ def print_report(result, real_name, fake_name):
     lines = result["tonal_lines_db"]
     print(f"{'lines (dB)':<14}{lines['real'][0]:>12.3g}{lines['fake'][0]:>12.3g}"
           f"   (strongest bin over its neighbours in the average spectrum; fake at {lines['fake'][1]:.0f} Hz)")
+    balance = np.asarray(result["balance_db"])
+    print(f"{'balance (dB)':<14}{'':>12}{float(np.sqrt(np.mean(balance ** 2))):>12.3g}"
+          f"   (RMS over {len(balance)} mel bands of the generated mean level minus the real one; "
+          f"lows {balance[:len(balance) // 3].mean():+.1f}, mids {balance[len(balance) // 3:2 * len(balance) // 3].mean():+.1f}, "
+          f"highs {balance[2 * len(balance) // 3:].mean():+.1f} dB)")
     for key, label in (("spectrum_db", "spread (dB)"), ("onset_autocorr", "rhythm spread")):
         d = result["diversity"][key]
         print(f"{label:<14}{d['real']:>12.3g}{d['fake']:>12.3g}{d['fake'] / d['real'] if d['real'] else float('nan'):>12.2f}"

@@ -8,10 +8,11 @@ Prepares the music (12 kHz stereo, 30 s clips, 3 s chunks; one song held out by 
 by song), runs piano_main.py with the GAN stage off for --minutes of VAE training, then measures:
 - the held-out song through generate.py --reconstruct, cut into 10 s clips: evaluate.py's Fréchet distance to
   the original, against the distance from the original to the other (training) songs; spectral motion of
-  both; the multi-resolution STFT distance the VAE trains on; the tonal-line measure;
+  both; the spectral balance gap (evaluate's balance_db) and how far it follows the training songs' balance;
+  the multi-resolution STFT distance the VAE trains on; the tonal-line measure;
 - the tonal-line measure of 32 clips decoded from random latents (N(0, 1)), the DESIGN's fixed-pattern check;
-- decode and encode speed as real-time factors, and training throughput in audio-seconds per second, as a
-  fraction of this machine's float32 matmul peak.
+- decode and encode speed as real-time factors (decode also at generate.py's --precision auto), and training
+  throughput in audio-seconds per second, as a fraction of this machine's float32 matmul peak.
 Writes a section of docs/experiments.md (between its VAE markers), a listenable original/reconstruction
 pair in docs/experiment_audio/, and the figures as JSON on the last line.
 """
@@ -36,6 +37,7 @@ from evaluate import compare, loudness_pulse, tonal_lines_db  # noqa: E402
 from config_reader import config_from_checkpoint  # noqa: E402
 from piano_pretrain import VAE_STFT_SIZES, vae_segment  # noqa: E402
 from prepare_dataset import decode_audio  # noqa: E402
+from utilities import auto_precision, inference_autocast  # noqa: E402
 from vae_utilities import VAE_FILE, load_vae  # noqa: E402
 
 RATE = 12000
@@ -110,9 +112,12 @@ def measure(work, folder, music, info, log):
     seconds = 8 * CLIP / RATE
     z = torch.randn(8, CLIP // vae.frame_samples, vae.latent_dim)
     x = torch.randn(8, 2, CLIP) * 0.1
+    precision, _ = auto_precision(torch.device("cpu"))  # what generate.py --precision auto runs here
     with torch.inference_mode():
         decode_rtf = real_time_factor(lambda: vae.decoder(z), seconds)
         encode_rtf = real_time_factor(lambda: vae.encoder(x), seconds)
+        with inference_autocast(precision, torch.device("cpu")):
+            decode_rtf_auto = real_time_factor(lambda: vae.decoder(z), seconds)
     rows = list(csv.DictReader(open(folder / "vae_metrics.csv")))
     segment = vae_segment(config_from_checkpoint(state["config"], source=str(folder / VAE_FILE)))
     flops = training_gflop_per_audio_second(vae, segment, state["config"]["data"]["batch_size"])
@@ -129,6 +134,8 @@ def measure(work, folder, music, info, log):
         "motion_recon_db": round(to_recon["spectral_motion_db"]["fake"], 2),
         "motion_other_db": round(to_other["spectral_motion_db"]["fake"], 2),
         "stft_distance": round(distance, 4),
+        "balance_rms_db": [round(float(np.sqrt(np.mean(np.square(r["balance_db"])))), 2) for r in (to_recon, to_other)],
+        "balance_follows_training_songs": round(float(np.corrcoef(to_recon["balance_db"], to_other["balance_db"])[0, 1]), 2),
         "lines_prior_db": [round(v, 1) for v in lines_prior], "lines_recon_db": [round(v, 1) for v in lines_recon],
         "lines_real_db": [round(v, 1) for v in lines_real],
         "pulse_at_latent_rate": [round(loudness_pulse(clips, RATE, RATE / vae.frame_samples), 1)
@@ -136,6 +143,7 @@ def measure(work, folder, music, info, log):
         "lines_other_real_db": [round(v, 1) for v in tonal_lines_db(other, RATE)],
         "posterior_mean_std": [round(float(from_posterior.mean()), 3), round(float(from_posterior.std()), 3)],
         "decode_rtf": round(decode_rtf), "encode_rtf": round(encode_rtf),
+        "decode_rtf_auto": [precision, round(decode_rtf_auto)],
         "train_audio_seconds_per_second": throughput, "train_gflop_per_audio_second": round(flops, 2),
         "train_gflops_achieved": round(throughput * flops, 1), "matmul_peak_gflops": round(peak_gflops, 1),
         "fraction_of_peak": round(throughput * flops / peak_gflops, 3),
@@ -187,13 +195,20 @@ def write_report(result, args, path):
         f"| spectral motion, original / reconstruction (dB) | {r['motion_original_db']} / **{r['motion_recon_db']}** | "
         f"within 20 % |",
         f"| multi-resolution STFT distance, reconstruction vs original | {r['stft_distance']} | |",
+        f"| spectral balance gap (RMS over 40 mel bands of the mean level's difference from the original), "
+        f"reconstruction / other songs | {r['balance_rms_db'][0]} dB / {r['balance_rms_db'][1]} dB | |",
+        f"| correlation of the reconstruction's balance gap with the training songs' | "
+        f"{r['balance_follows_training_songs']} | near 0: the song's own balance is kept |",
         f"| strongest line above 100 Hz, 32 clips from random latents | **{r['lines_prior_db'][0]} dB** at "
         f"{r['lines_prior_db'][1]:.0f} Hz | ≤ 6 dB |",
         f"| strongest line, reconstructions / the held-out song / the training songs | {r['lines_recon_db'][0]} dB / "
         f"{r['lines_real_db'][0]} dB / {r['lines_other_real_db'][0]} dB | |",
         f"| loudness pulse at the latent rate ({r['frames_per_second']} Hz), original / reconstruction / random latents "
         f"| {' / '.join(map(str, r['pulse_at_latent_rate']))} | about 1 is none |",
-        f"| decode / encode speed, batch 8 × 10 s | **{r['decode_rtf']}×** / {r['encode_rtf']}× real time | decode ≥ 300× |",
+        f"| decode / encode speed in float32, batch 8 × 10 s | **{r['decode_rtf']}×** / {r['encode_rtf']}× real time | "
+        f"decode ≥ 300× |",
+        f"| decode speed at generate.py's `--precision auto` here ({r['decode_rtf_auto'][0]}) | "
+        f"**{r['decode_rtf_auto'][1]}×** real time | |",
         f"| training throughput | {r['train_audio_seconds_per_second']} audio-s/s, {r['train_gflop_per_audio_second']} "
         f"GFLOP per audio-s = {r['train_gflops_achieved']} GFLOP/s, **{r['fraction_of_peak']:.0%}** of the "
         f"{r['matmul_peak_gflops']} GFLOP/s fp32 matmul peak | |",

@@ -35,6 +35,10 @@ def test_real_against_real_is_closer_than_real_against_real_low_passed_at_1_khz(
     dull = evaluate.compare(songs["a"], low_passed, SR)
     assert same["frechet"] < dull["frechet"]
     assert dull["gaps"]["centroid_hz"]["fake"] < same["gaps"]["centroid_hz"]["fake"]
+    # The balance names where: the low-passed clips lose their top bands against the same clips unfiltered.
+    balance = np.asarray(evaluate.compare(songs["b"], low_passed, SR)["balance_db"])
+    assert len(balance) == evaluate.N_MELS
+    assert balance[18:30].mean() < -10 and abs(balance[:12].mean()) < 2  # bands 18-30: about 1.3-3 kHz
 
 
 def test_frechet_distance_of_known_gaussians():
