@@ -26,7 +26,7 @@ from tqdm import tqdm
 from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_loss, discriminator_loss,
                             feature_matching_loss, generator_adversarial_loss, kl_divergence_loss, reconstruction_loss)
 from piano_train import TensorBoard, TrainingStopped, apply_update, make_loader
-from utilities import any_rank, is_main, mean_over_ranks
+from utilities import any_rank, is_main, mean_over_ranks, shared_randn
 
 # The VAE's distance: five resolutions from 11 ms to 170 ms at 12 kHz, hop a quarter of the window.
 VAE_STFT_SIZES = dict(fft_sizes=(2048, 1024, 512, 256, 128), hop_sizes=(512, 256, 128, 64, 32),
@@ -109,11 +109,41 @@ def kl_weight_at(step, weight, warmup_steps):
     return weight * min(1.0, step / warmup_steps) if warmup_steps else weight
 
 
+def learning_rate_factor(progress, final):
+    """Cosine decay of the learning rate: 1 at progress 0, `final` at progress 1 (and after)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def vae_segment(config):
     """Samples per training crop: model.seq_len, rounded down to whole latent frames."""
     from vae_utilities import usable_samples
 
     return usable_samples(config["model"]["seq_len"], config["vae"]["hop_length"] * config["vae"]["downsample"])
+
+
+@torch.no_grad()
+def random_equalizer(x, sample_rate, spread_db, anchors=8, low_hz=40.0):
+    """x (B, C, T) through a random smooth equalizer, one per chunk, both channels alike: gains drawn from
+    N(0, spread_db^2) dB at `anchors` log-spaced frequencies from low_hz to Nyquist, joined linearly in
+    log-frequency (flat below low_hz), and shifted to a mean of 0 dB so the loudness stays about the same.
+
+    The VAE's training augmentation (vae.augment_eq_db): with two or three songs, a VAE learns their spectral
+    balance and gives it to every song it rebuilds. Seeing each chunk under another balance, as input and target
+    alike, makes it carry the balance in the latents. spread_db 0 returns x unchanged.
+    """
+    if not spread_db:
+        return x
+    samples = x.shape[-1]
+    gains = shared_randn((x.shape[0], anchors), device=x.device) * spread_db  # this rank's rows of the global batch
+    gains = gains - gains.mean(1, keepdim=True)
+    freqs = torch.fft.rfftfreq(samples, 1 / sample_rate, device=x.device)
+    position = (torch.log2(freqs.clamp(min=low_hz) / low_hz) / math.log2(sample_rate / 2 / low_hz)) * (anchors - 1)
+    below = position.floor().long().clamp(max=anchors - 2)
+    share = position - below
+    curve_db = gains[:, below] * (1 - share) + gains[:, below + 1] * share  # (B, bins)
+    spectrum = torch.fft.rfft(x.float(), dim=-1) * torch.pow(10.0, curve_db / 20)[:, None, :]
+    return torch.fft.irfft(spectrum, n=samples, dim=-1).to(x.dtype)
 
 
 @torch.no_grad()
@@ -151,6 +181,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     board = board or TensorBoard(None, "vae", enabled=False)
     history = list(history or [])
     stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES).to(device)
+    sample_rate = config["data"]["sample_rate"]
     batch_size, workers = config["data"]["batch_size"], config["data"]["num_workers"]
     seconds_per_batch = batch_size * train_data.seq_len / config["data"]["sample_rate"]
     vae_params = [p for p in vae.parameters() if p.requires_grad]
@@ -164,6 +195,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         return apply_update(optimizer, params, scaler, v["grad_clip"], bool(torch.isfinite(loss)))
 
     def reconstruction_step(target):
+        target = random_equalizer(target, sample_rate, v["augment_eq_db"])
         beta = kl_weight_at(step, v["kl_weight"], v["kl_warmup_steps"])
         with autocast():
             mu, logvar, recon = vae(target)
@@ -172,6 +204,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         return ok, {"vae/stft": distance, "vae/kl": kl, "vae/kl_weight": torch.tensor(beta)}
 
     def adversarial_step(target):  # HiFi-GAN's order: the fake, D on it detached, then the decoder
+        target = random_equalizer(target, sample_rate, v["augment_eq_db"])
         with torch.no_grad(), autocast():
             z = vae.reparameterize(*vae.encoder(target))
         with autocast():
@@ -193,18 +226,30 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     # One loader for the whole stage: its workers persist (with prefetch), and set_epoch reshuffles each epoch.
     loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000, shuffle=True,
                          device=device, persistent=True)
+    steps_per_epoch = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
+    started = time.monotonic()
+
+    def time_spent():
+        """The share of this run's VAE time budget used, the same on every rank (their mean)."""
+        if deadline is None or deadline <= started:
+            return 0.0
+        return mean_over_ranks({"spent": (time.monotonic() - started) / (deadline - started)})["spent"]
     for epoch in range(start_epoch, total + 1):
         phase = "vae" if epoch <= v["epochs"] else "adversarial"
         if phase == "adversarial":
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
-        started = time.perf_counter()
+        spent = time_spent()  # the decay follows the epochs or the time budget, whichever ends first
+        epoch_started = time.perf_counter()
         loader.sampler.set_epoch(epoch)
-        limit = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
+        limit = steps_per_epoch
         sums, count = {}, 0
         bar = tqdm(total=limit, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
                    unit="batch", leave=False, dynamic_ncols=True, disable=not is_main())
         try:
             for _, (target, _, _) in zip(range(limit), loader):
+                factor = learning_rate_factor(max(step / (total * steps_per_epoch), spent), v["lr_decay"])
+                for group in optim.param_groups:
+                    group["lr"] = v["learning_rate"] * factor
                 ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target.to(device))
                 step += 1
                 nonfinite_in_a_row = 0 if ok else nonfinite_in_a_row + 1
@@ -231,8 +276,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                 f"--set output.resume_from_checkpoint=latest")
             return history, step, "interrupted"
         bar.close()
-        seconds = time.perf_counter() - started
-        row = {"epoch": epoch, "phase": phase, "step": step}
+        seconds = time.perf_counter() - epoch_started
+        row = {"epoch": epoch, "phase": phase, "step": step, "vae/learning_rate": optim.param_groups[0]["lr"]}
         row.update({key: value / max(count, 1) for key, value in sorted(sums.items()) if key != "skipped"})
         row["skipped_updates"] = int(sums.get("skipped", 0))
         row.update(validate_vae(vae, val_data, stft, device, autocast) if is_main() else {})

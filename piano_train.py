@@ -330,6 +330,7 @@ def gan_panels(kind):
 VAE_PANELS = [("VAE: multi-resolution STFT distance (paired)", ["vae/stft", "val/stft"], []),
               ("VAE: KL per element", ["vae/kl", "val/kl"], []),
               ("VAE: KL weight (warm-up)", ["vae/kl_weight"], []),
+              ("VAE: learning rate (cosine decay)", ["vae/learning_rate"], []),
               ("Decoder fine-tuning (hinge)", ["adv/d", "adv/g"], []),
               ("Decoder fine-tuning: feature matching", ["adv/feature_matching"], [])]
 

@@ -4,6 +4,7 @@ be reused by a later run; the seed's preset still trains without it."""
 
 import csv
 import json
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -20,7 +21,7 @@ from conftest import ROOT, SR, TINY_SEED_MODEL, synth_song, tiny_config, write_a
 from evaluate import spectral_motion_db, tonal_lines_db
 from piano_encoder_decoder import VariationalEncoderDecoder, vae_from_config
 from piano_model import AudioDataset
-from piano_pretrain import VAE_STFT_SIZES, pretrain_vae, validate_vae
+from piano_pretrain import VAE_STFT_SIZES, learning_rate_factor, pretrain_vae, random_equalizer, validate_vae
 from loss_functions import MultiResolutionSTFTLoss
 from utilities import load_checkpoint
 from vae_utilities import (LatentCacheError, build_latent_cache, load_latent_cache, load_vae, save_checkpoint,
@@ -124,6 +125,21 @@ def test_a_quiet_passage_stays_quiet():
     assert float(seed[1][0].std()) < 0.5
 
 
+def test_the_random_equalizer_changes_each_chunks_balance_not_its_loudness_or_stereo_image():
+    torch.manual_seed(0)
+    x = torch.randn(8, 2, 24000) * 0.1
+    assert torch.equal(random_equalizer(x, SR, 0.0), x)
+    y = random_equalizer(x, SR, 6.0)
+    gain_db = 10 * torch.log10(torch.fft.rfft(y).abs().square() / torch.fft.rfft(x).abs().square())  # (8, 2, bins)
+    bands = gain_db[..., 201:].unflatten(-1, (8, -1)).mean(-1)  # 8 bands of the gain curve, per chunk and channel
+    assert torch.allclose(gain_db[:, 0], gain_db[:, 1], atol=1e-2)  # both channels alike
+    assert float(bands.amax(-1).sub(bands.amin(-1)).min()) > 3  # every chunk's balance moved
+    assert float((bands[0] - bands[1]).abs().max()) > 1  # and each chunk differently
+    loudness_db = 10 * torch.log10(y.square().mean((1, 2)) / x.square().mean((1, 2)))
+    assert float(loudness_db.abs().max()) < 6
+    assert float(random_equalizer(torch.zeros(2, 2, 4000), SR, 6.0).abs().max()) == 0  # silence stays silent
+
+
 def vae_config(**vae):
     config = config_reader.defaults()
     config["data"].update(sample_rate=SR, batch_size=8, num_workers=0, steps_per_epoch=0)
@@ -140,7 +156,8 @@ def test_the_vae_learns_a_song_within_seconds():
     chunks = np.stack([song[:, i:i + 8192] for i in range(0, song.shape[1] - 8192 + 1, 2048)]).astype(np.float16)
     train = AudioDataset(chunks, 4096, normalization="peak")
     val = AudioDataset(chunks[:8], 4096, random_crop=False, normalization="peak")
-    config = vae_config(epochs=40, learning_rate=1e-3, kl_weight=1e-4, kl_warmup_steps=50)
+    # One synthesized song: no other song's balance to confuse it with, so no equalizer augmentation.
+    config = vae_config(epochs=40, learning_rate=1e-3, kl_weight=1e-4, kl_warmup_steps=50, augment_eq_db=0.0)
     vae = vae_from_config(config["vae"], 2)
     stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES)
     before = validate_vae(vae, val, stft, "cpu", nullcontext)["val/stft"]
@@ -153,6 +170,32 @@ def test_the_vae_learns_a_song_within_seconds():
     with torch.no_grad():
         recon = vae.decoder(vae.encoder(val[0][0][None])[0])[0].numpy()
     assert abs(spectral_motion_db(recon, SR) - spectral_motion_db(val[0][0].numpy(), SR)) < 3
+
+
+def test_the_learning_rate_decays_along_a_cosine_by_epochs_or_by_time():
+    assert learning_rate_factor(0.0, 0.1) == 1.0
+    assert learning_rate_factor(0.5, 0.1) == pytest.approx(0.55)
+    assert learning_rate_factor(1.0, 0.1) == pytest.approx(0.1) == learning_rate_factor(3.0, 0.1)
+    assert learning_rate_factor(0.7, 1.0) == 1.0  # lr_decay: 1 keeps it constant
+    chunks = np.stack([synth_song(2, SR, 2, seed=i).T[:, :8192] for i in range(4)]).astype(np.float16)
+    config = vae_config(epochs=3, lr_decay=0.2, **{k: v for k, v in TINY_VAE.items() if k != "epochs"})
+    config["data"]["batch_size"] = 2
+    vae = vae_from_config(config["vae"], 2)
+    optim = torch.optim.Adam(vae.parameters(), 1e-3)
+    history, _, _ = pretrain_vae(vae, optim, AudioDataset(chunks, 4096, normalization="peak"), None, config,
+                                 torch.device("cpu"), log=lambda *_: None)
+    # Each epoch logs the rate of its last step: steps 1, 3 and 5 of 6.
+    expected = [1e-3 * learning_rate_factor(s / 6, 0.2) for s in (1, 3, 5)]
+    assert [row["vae/learning_rate"] for row in history] == pytest.approx(expected)
+    # With a time budget, the decay follows the share of it already used, when that is ahead of the epochs:
+    # here 10000 epochs could never end, and one second of budget does.
+    config["vae"]["epochs"] = 10_000
+    vae = vae_from_config(config["vae"], 2)
+    optim = torch.optim.Adam(vae.parameters(), 1e-3)
+    history, _, status = pretrain_vae(vae, optim, AudioDataset(chunks, 4096, normalization="peak"), None, config,
+                                      torch.device("cpu"), deadline=time.monotonic() + 1.0, log=lambda *_: None)
+    assert status == "out of time" and len(history) >= 3
+    assert history[0]["vae/learning_rate"] > 0.95e-3 and history[-1]["vae/learning_rate"] < 0.35e-3
 
 
 def run_stage_one(tmp_path, dataset, name="run", **sections):
