@@ -121,7 +121,7 @@ def measure(work, folder, music, info, log):
     rows = list(csv.DictReader(open(folder / "vae_metrics.csv")))
     segment = vae_segment(config_from_checkpoint(state["config"], source=str(folder / VAE_FILE)))
     flops = training_gflop_per_audio_second(vae, segment, state["config"]["data"]["batch_size"])
-    throughput = statistics.median(float(r["audio_seconds_per_second"]) for r in rows)
+    throughput = round(statistics.median(float(r["audio_seconds_per_second"]) for r in rows), 1)
     peak_gflops = matmul_peak_gflops()
     lines_prior = tonal_lines_db(list(from_prior), RATE)
     lines_recon = tonal_lines_db(recon_clips, RATE)
