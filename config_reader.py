@@ -125,7 +125,7 @@ SCHEMA = {
         "layers": Field(3, "int", "residual blocks at the latent rate (and one fewer at the STFT frame rate), in the encoder and in the decoder", low=0),
         "epochs": Field(10, "int", "epochs of VAE training (each data.steps_per_epoch batches, or the whole set)", low=0),
         "learning_rate": Field(1e-3, "float", "VAE learning rate (Adam)", low=0.0),
-        "lr_decay": Field(0.1, "float", "the learning rate falls along a cosine to this fraction of itself by the end of the VAE's epochs or of its time budget, whichever comes first; 1 keeps it constant", low=0.0, high=1.0),
+        "lr_decay": Field(0.1, "float", "the learning rate falls along a cosine to this fraction of itself by the end of stage one's epochs (fine-tuning included) or of its time budget, whichever comes first; 1 keeps it constant", low=0.0, high=1.0),
         "grad_clip": Field(1.0, "float", "clip the VAE's gradient norm to this; 0 is off", low=0.0),
         "kl_weight": Field(0.01, "float", "weight of the KL term (per element) once warmed up", low=0.0),
         "kl_warmup_steps": Field(500, "int", "steps over which the KL weight rises from 0 (RAVE's warm-up); 0 is off", low=0),

@@ -208,6 +208,11 @@ def loudness_pulse(clips, sample_rate, hz, hop=32):
     return float(power[i] / max(np.median(power[max(1, i - 20):i + 21]), 1e-30))
 
 
+def balance_rms_db(balance_db):
+    """One figure for compare's balance_db: the RMS over the mel bands of the level differences (dB)."""
+    return float(np.sqrt(np.mean(np.square(balance_db))))
+
+
 def compare(real_clips, fake_clips, sample_rate):
     """{"frechet", "gaps": {stat: {"real", "fake", "wasserstein"}}, "spectral_motion_db": {"real", "fake"},
     "diversity": {"spectrum_db": {"real", "fake"}, "onset_autocorr": {"real", "fake"}},
@@ -299,11 +304,10 @@ def print_report(result, real_name, fake_name):
     lines = result["tonal_lines_db"]
     print(f"{'lines (dB)':<14}{lines['real'][0]:>12.3g}{lines['fake'][0]:>12.3g}"
           f"   (strongest bin over its neighbours in the average spectrum; fake at {lines['fake'][1]:.0f} Hz)")
-    balance = np.asarray(result["balance_db"])
-    print(f"{'balance (dB)':<14}{'':>12}{float(np.sqrt(np.mean(balance ** 2))):>12.3g}"
-          f"   (RMS over {len(balance)} mel bands of the generated mean level minus the real one; "
-          f"lows {balance[:len(balance) // 3].mean():+.1f}, mids {balance[len(balance) // 3:2 * len(balance) // 3].mean():+.1f}, "
-          f"highs {balance[2 * len(balance) // 3:].mean():+.1f} dB)")
+    lows, mids, highs = (float(part.mean()) for part in np.array_split(np.asarray(result["balance_db"]), 3))
+    print(f"{'balance (dB)':<14}{'':>12}{balance_rms_db(result['balance_db']):>12.3g}"
+          f"   (RMS over {N_MELS} mel bands of the generated mean level minus the real one; "
+          f"lows {lows:+.1f}, mids {mids:+.1f}, highs {highs:+.1f} dB)")
     for key, label in (("spectrum_db", "spread (dB)"), ("onset_autocorr", "rhythm spread")):
         d = result["diversity"][key]
         print(f"{label:<14}{d['real']:>12.3g}{d['fake']:>12.3g}{d['fake'] / d['real'] if d['real'] else float('nan'):>12.2f}"

@@ -107,14 +107,14 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
         super().__init__()
         self.sizes = list(zip(fft_sizes, hop_sizes, win_lengths))
         self.stereo, self.floor = stereo, floor
-        for n_fft, _, win_length in self.sizes:
-            self.register_buffer(f"window_{n_fft}_{win_length}", torch.hann_window(win_length), persistent=False)
+        for i, (_, _, win_length) in enumerate(self.sizes):
+            self.register_buffer(f"window_{i}", torch.hann_window(win_length), persistent=False)
 
     def distance(self, fake, target):
         """The loss between two batches of mono signals (N, T)."""
         total = 0.0
-        for n_fft, hop, win_length in self.sizes:
-            window = getattr(self, f"window_{n_fft}_{win_length}")
+        for i, (n_fft, hop, win_length) in enumerate(self.sizes):
+            window = getattr(self, f"window_{i}").to(fake.device)  # a no-op once the module is on that device
             fake_mag, target_mag = (torch.stft(x, n_fft, hop, win_length, window, return_complex=True).abs()
                                     .clamp(min=self.floor) for x in (fake, target))
             convergence = torch.linalg.vector_norm(target_mag - fake_mag) / torch.linalg.vector_norm(target_mag)

@@ -28,6 +28,8 @@ from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_l
 from piano_train import TensorBoard, TrainingStopped, apply_update, make_loader
 from utilities import any_rank, is_main, mean_over_ranks, shared_randn
 
+clock = time.monotonic  # the VAE's time budget and learning-rate schedule read this (a test replaces it)
+
 # The VAE's distance: five resolutions from 11 ms to 170 ms at 12 kHz, hop a quarter of the window.
 VAE_STFT_SIZES = dict(fft_sizes=(2048, 1024, 512, 256, 128), hop_sizes=(512, 256, 128, 64, 32),
                       win_lengths=(2048, 1024, 512, 256, 128))
@@ -227,18 +229,17 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000, shuffle=True,
                          device=device, persistent=True)
     steps_per_epoch = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
-    started = time.monotonic()
+    # The decay follows the epochs or the time budget, whichever is further along. A resumed run's budget starts
+    # afresh, so its time share goes on from where the schedule stood (the last epoch's row) to 1 over it.
+    started, resumed_at = clock(), (history[-1].get("vae/schedule", 0.0) if history else 0.0)
+    progress = resumed_at
 
-    def time_spent():
-        """The share of this run's VAE time budget used, the same on every rank (their mean)."""
-        if deadline is None or deadline <= started:
-            return 0.0
-        return mean_over_ranks({"spent": (time.monotonic() - started) / (deadline - started)})["spent"]
+    def time_share():
+        return resumed_at + (1 - resumed_at) * (clock() - started) / max(deadline - started, 1e-9)
     for epoch in range(start_epoch, total + 1):
         phase = "vae" if epoch <= v["epochs"] else "adversarial"
         if phase == "adversarial":
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
-        spent = time_spent()  # the decay follows the epochs or the time budget, whichever ends first
         epoch_started = time.perf_counter()
         loader.sampler.set_epoch(epoch)
         limit = steps_per_epoch
@@ -247,7 +248,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                    unit="batch", leave=False, dynamic_ncols=True, disable=not is_main())
         try:
             for _, (target, _, _) in zip(range(limit), loader):
-                factor = learning_rate_factor(max(step / (total * steps_per_epoch), spent), v["lr_decay"])
+                progress = max(progress, step / (total * steps_per_epoch))
+                factor = learning_rate_factor(progress, v["lr_decay"])
                 for group in optim.param_groups:
                     group["lr"] = v["learning_rate"] * factor
                 ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target.to(device))
@@ -257,8 +259,11 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                     raise TrainingStopped(f"{nonfinite_in_a_row} VAE updates in a row had a NaN or Inf loss or gradient "
                                           f"(epoch {epoch}); stopping. Try a lower vae.learning_rate or "
                                           f"vae.grad_clip.")
-                values = mean_over_ranks(  # the global batch's figures
-                    dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist())))
+                values = dict(zip(terms, torch.stack([term.detach().float() for term in terms.values()]).tolist()))
+                if deadline is not None:  # the same on every rank: the config decides
+                    values["schedule"] = time_share()
+                values = mean_over_ranks(values)  # the global batch's figures, and one time share for all ranks
+                progress = max(progress, min(1.0, values.pop("schedule", 0.0)))  # for the next step
                 board.scalars("step", values, step)
                 for key, value in values.items():
                     if math.isfinite(value):
@@ -277,7 +282,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             return history, step, "interrupted"
         bar.close()
         seconds = time.perf_counter() - epoch_started
-        row = {"epoch": epoch, "phase": phase, "step": step, "vae/learning_rate": optim.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "phase": phase, "step": step, "vae/learning_rate": optim.param_groups[0]["lr"],
+               "vae/schedule": round(progress, 6)}
         row.update({key: value / max(count, 1) for key, value in sorted(sums.items()) if key != "skipped"})
         row["skipped_updates"] = int(sums.get("skipped", 0))
         row.update(validate_vae(vae, val_data, stft, device, autocast) if is_main() else {})
@@ -292,7 +298,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             + (f"KL {row['vae/kl']:.3f} x {row['vae/kl_weight']:.2g}  " if "vae/kl" in row else "")
             + (f"D {row['adv/d']:.3f} G {row['adv/g']:.3f}  " if "adv/d" in row else "")
             + f"{row['audio_seconds_per_second']:.0f} audio-s/s  {seconds:.1f}s")
-        if any_rank(deadline is not None and time.monotonic() >= deadline) and epoch < total:  # all ranks alike
+        if any_rank(deadline is not None and clock() >= deadline) and epoch < total:  # all ranks alike
             log(f"VAE time budget of {v['time_budget_minutes']:g} minutes used up after epoch {epoch}")
             return history, step, "out of time"
     vae.encoder.requires_grad_(True)

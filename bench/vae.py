@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiment import run  # noqa: E402  (bench/ is on the path of a script run from it)
-from evaluate import compare, loudness_pulse, tonal_lines_db  # noqa: E402
+from evaluate import balance_rms_db, compare, loudness_pulse, tonal_lines_db  # noqa: E402
 from config_reader import config_from_checkpoint  # noqa: E402
 from piano_pretrain import VAE_STFT_SIZES, vae_segment  # noqa: E402
 from prepare_dataset import decode_audio  # noqa: E402
@@ -134,8 +134,9 @@ def measure(work, folder, music, info, log):
         "motion_recon_db": round(to_recon["spectral_motion_db"]["fake"], 2),
         "motion_other_db": round(to_other["spectral_motion_db"]["fake"], 2),
         "stft_distance": round(distance, 4),
-        "balance_rms_db": [round(float(np.sqrt(np.mean(np.square(r["balance_db"])))), 2) for r in (to_recon, to_other)],
-        "balance_follows_training_songs": round(float(np.corrcoef(to_recon["balance_db"], to_other["balance_db"])[0, 1]), 2),
+        "balance_rms_db": [round(balance_rms_db(r["balance_db"]), 2) for r in (to_recon, to_other)],
+        "balance_follows_training_songs": round(float(np.corrcoef(to_recon["balance_db"],
+                                                                  to_other["balance_db"])[0, 1]), 2),
         "lines_prior_db": [round(v, 1) for v in lines_prior], "lines_recon_db": [round(v, 1) for v in lines_recon],
         "lines_real_db": [round(v, 1) for v in lines_real],
         "pulse_at_latent_rate": [round(loudness_pulse(clips, RATE, RATE / vae.frame_samples), 1)

@@ -75,7 +75,10 @@ def test_two_ranks_at_batch_b_train_as_one_process_at_batch_2b(tmp_path, dataset
     # the same to float precision). The STFT distance's spectral-convergence term is a ratio of norms over a
     # batch, so two half batches give a slightly different gradient than the whole; Adam's first step, about
     # lr x sign(gradient), turns that into at most 2 lr where a gradient is near zero.
-    three = small_run(tmp_path / "three", dataset, batch=2)
+    # With a time budget, each step also averages the ranks' time shares for the learning-rate decay.
+    three = small_run(tmp_path / "three", dataset, batch=2, vae={
+        "n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1, "epochs": 1,
+        "time_budget_minutes": 60.0})
     results = launch(2, ["--config", str(three), "--device", "cpu"])
     assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
     a, b = reference["vae.pt"], load_checkpoint(tmp_path / "three" / "ck" / "vae.pt")

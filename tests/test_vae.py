@@ -4,7 +4,6 @@ be reused by a later run; the seed's preset still trains without it."""
 
 import csv
 import json
-import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -172,7 +171,7 @@ def test_the_vae_learns_a_song_within_seconds():
     assert abs(spectral_motion_db(recon, SR) - spectral_motion_db(val[0][0].numpy(), SR)) < 3
 
 
-def test_the_learning_rate_decays_along_a_cosine_by_epochs_or_by_time():
+def test_the_learning_rate_decays_along_a_cosine_by_epochs_or_by_time(monkeypatch):
     assert learning_rate_factor(0.0, 0.1) == 1.0
     assert learning_rate_factor(0.5, 0.1) == pytest.approx(0.55)
     assert learning_rate_factor(1.0, 0.1) == pytest.approx(0.1) == learning_rate_factor(3.0, 0.1)
@@ -188,14 +187,28 @@ def test_the_learning_rate_decays_along_a_cosine_by_epochs_or_by_time():
     expected = [1e-3 * learning_rate_factor(s / 6, 0.2) for s in (1, 3, 5)]
     assert [row["vae/learning_rate"] for row in history] == pytest.approx(expected)
     # With a time budget, the decay follows the share of it already used, when that is ahead of the epochs:
-    # here 10000 epochs could never end, and one second of budget does.
+    # here 10000 epochs could never end, and a budget of 1 s on a clock that ticks 0.05 s a reading does.
+    import piano_pretrain
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(piano_pretrain, "clock", lambda: 0.05 * next(ticks))
     config["vae"]["epochs"] = 10_000
-    vae = vae_from_config(config["vae"], 2)
-    optim = torch.optim.Adam(vae.parameters(), 1e-3)
-    history, _, status = pretrain_vae(vae, optim, AudioDataset(chunks, 4096, normalization="peak"), None, config,
-                                      torch.device("cpu"), deadline=time.monotonic() + 1.0, log=lambda *_: None)
-    assert status == "out of time" and len(history) >= 3
-    assert history[0]["vae/learning_rate"] > 0.95e-3 and history[-1]["vae/learning_rate"] < 0.35e-3
+
+    def run(history=None):
+        vae = vae_from_config(config["vae"], 2)
+        data = AudioDataset(chunks, 4096, normalization="peak")
+        return pretrain_vae(vae, torch.optim.Adam(vae.parameters(), 1e-3), data, None, config, torch.device("cpu"),
+                            deadline=piano_pretrain.clock() + 1.0, history=history, log=lambda *_: None)
+
+    history, _, status = run()
+    rates, shares = [row["vae/learning_rate"] for row in history], [row["vae/schedule"] for row in history]
+    assert status == "out of time" and len(history) >= 4
+    assert rates[0] > 0.95e-3 and rates[-1] < 0.3e-3 and rates == sorted(rates, reverse=True)
+    assert shares == sorted(shares) and 0.8 < shares[-1] <= 1.0
+    # A resumed run's new budget takes the schedule on from where it stood, not back to the start.
+    history, _, _ = run(history=[{"epoch": 1, "vae/schedule": 0.5}])
+    first = history[1]["vae/learning_rate"]
+    assert 1e-3 * learning_rate_factor(1.0, 0.2) <= first <= 1e-3 * learning_rate_factor(0.5, 0.2)
 
 
 def run_stage_one(tmp_path, dataset, name="run", **sections):
