@@ -390,6 +390,12 @@ python piano_main.py --config configs/seed.yaml"""),
 }
 
 
+def judged_frames(model):
+    """Latent frames in what the discriminator judges, from config["model"]: a window of latent_seq_len, or two
+    adjacent ones joined under seams: joined_windows (Musika's)."""
+    return model["latent_seq_len"] * (2 if model.get("seams") == "joined_windows" else 1)
+
+
 if __name__ == "__main__":
     root = Path(__file__).resolve().parent
     for name, (make, header) in PRESETS.items():
@@ -397,8 +403,3 @@ if __name__ == "__main__":
         (root / name).write_text(commented_yaml(make(), header), encoding="utf-8")
         print(f"wrote {name}")
 
-
-def judged_frames(model):
-    """Latent frames in what the discriminator judges, from config["model"]: a window of latent_seq_len, or two
-    adjacent ones joined under seams: joined_windows (Musika's)."""
-    return model["latent_seq_len"] * (2 if model.get("seams") == "joined_windows" else 1)

@@ -185,7 +185,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES).to(device)
     sample_rate = config["data"]["sample_rate"]
     batch_size, workers = config["data"]["batch_size"], config["data"]["num_workers"]
-    seconds_per_batch = batch_size * train_data.seq_len / config["data"]["sample_rate"]
+    seconds_per_batch = batch_size * train_data.seq_len / sample_rate
     vae_params = [p for p in vae.parameters() if p.requires_grad]
     decoder_params = list(vae.decoder.parameters())
     nonfinite_in_a_row = 0
@@ -197,7 +197,6 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         return apply_update(optimizer, params, scaler, v["grad_clip"], bool(torch.isfinite(loss)))
 
     def reconstruction_step(target):
-        target = random_equalizer(target, sample_rate, v["augment_eq_db"])
         beta = kl_weight_at(step, v["kl_weight"], v["kl_warmup_steps"])
         with autocast():
             mu, logvar, recon = vae(target)
@@ -206,7 +205,6 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         return ok, {"vae/stft": distance, "vae/kl": kl, "vae/kl_weight": torch.tensor(beta)}
 
     def adversarial_step(target):  # HiFi-GAN's order: the fake, D on it detached, then the decoder
-        target = random_equalizer(target, sample_rate, v["augment_eq_db"])
         with torch.no_grad(), autocast():
             z = vae.reparameterize(*vae.encoder(target))
         with autocast():
@@ -242,17 +240,17 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
         epoch_started = time.perf_counter()
         loader.sampler.set_epoch(epoch)
-        limit = steps_per_epoch
         sums, count = {}, 0
-        bar = tqdm(total=limit, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
+        bar = tqdm(total=steps_per_epoch, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
                    unit="batch", leave=False, dynamic_ncols=True, disable=not is_main())
         try:
-            for _, (target, _, _) in zip(range(limit), loader):
+            for _, (target, _, _) in zip(range(steps_per_epoch), loader):
                 progress = max(progress, step / (total * steps_per_epoch))
                 factor = learning_rate_factor(progress, v["lr_decay"])
                 for group in optim.param_groups:
                     group["lr"] = v["learning_rate"] * factor
-                ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target.to(device))
+                target = random_equalizer(target.to(device), sample_rate, v["augment_eq_db"])  # both phases
+                ok, terms = (reconstruction_step if phase == "vae" else adversarial_step)(target)
                 step += 1
                 nonfinite_in_a_row = 0 if ok else nonfinite_in_a_row + 1
                 if nonfinite_in_a_row >= t["max_nonfinite_in_a_row"]:
