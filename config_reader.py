@@ -1,7 +1,7 @@
 """Read and validate MusiGAN's YAML config.
 
     from config_reader import load_config_from_yaml
-    config = load_config_from_yaml("config.yaml", overrides=["model.num_layers=2", "training.epochs=5"])
+    config = load_config_from_yaml("config.yaml", overrides=["model.num_layers=2", "training.steps=500"])
     config["model"]["num_layers"]   # 2
 
 Every key, its type, its default and what it means are in SCHEMA below (config.yaml shows them with
@@ -94,7 +94,7 @@ SCHEMA = {
         "sample_rate": Field(12000, "int", "must match the dataset's sample rate", low=1),
         "batch_size": Field(8, "int", "chunks per batch", low=1),
         "num_workers": Field(2, "int", "DataLoader worker processes", low=0),
-        "steps_per_epoch": Field(0, "int", "batches per epoch; 0 takes the whole training set once", low=0),
+        "steps_per_epoch": Field(100, "int", "updates per epoch in both stages, whatever the collection's size (an epoch is the unit of validation, checkpoints and samples); 0: one pass over the training set", low=0),
     },
     "model": {  # VariationalAttentionModel(**config["model"]); piano_model.build_generator(config) adds the VAE's shape
         "architecture": Field("latent", "str", "latent: a transformer writes latent sequences that the VAE decodes (needs vae.enabled); seed: the seed's end-to-end waveform generator", choices=("latent", "seed")),
@@ -102,13 +102,13 @@ SCHEMA = {
         "n_channels": Field(128, "int", "seed: convolution width of the encoder and decoder", low=1),
         "seq_len": Field(16500, "int", "samples per training chunk (the VAE's crop; the seed's generated chunk); at most the dataset's chunk length", low=1),
         "latent_seq_len": Field(64, "int", "latent: latent frames per window the discriminator judges; seed: latent frames the transformer attends over", low=1),
-        "latent_dim": Field(256, "int", "width of the transformer (seed: also of each latent frame)", low=1),
-        "num_heads": Field(8, "int", "attention heads; must divide latent_dim", low=1),
-        "num_layers": Field(4, "int", "transformer layers", low=0),
+        "latent_dim": Field(128, "int", "width of the transformer (seed: also of each latent frame)", low=1),
+        "num_heads": Field(4, "int", "attention heads; must divide latent_dim", low=1),
+        "num_layers": Field(3, "int", "transformer layers", low=0),
         "context": Field(8, "int", "latent: each layer attends this many frames either side (so music of any length has no seams)", low=1),
         "seams": Field("long", "str", "latent: long: the transformer writes a whole piece at once and D judges windows of it; joined_windows: Musika's, each window written alone from noise between two anchors that neighbours share, D judging two adjacent windows joined", choices=SEAMS),
-        "noise_dim": Field(64, "int", "latent: white-noise channels per latent frame; seed: white-noise samples per channel", low=1),
-        "style_dim": Field(64, "int", "latent: white-noise channels held fixed over a whole piece (its character)", low=0),
+        "noise_dim": Field(32, "int", "latent: white-noise channels per latent frame; seed: white-noise samples per channel", low=1),
+        "style_dim": Field(32, "int", "latent: white-noise channels held fixed over a whole piece (its character)", low=0),
         "finetune_decoder": Field(False, "bool", "latent: train the VAE's decoder too (it needs an audio discriminator); frozen by default"),
         "use_gaussians": Field(True, "bool", "seed: shape the output with a learned loudness envelope"),
         "num_of_gaussians": Field(6, "int", "seed: bumps in that envelope", low=1),
@@ -123,7 +123,11 @@ SCHEMA = {
         "latent_dim": Field(64, "int", "size of each latent frame", low=1),
         "width": Field(256, "int", "convolution width of the encoder and decoder", low=1),
         "layers": Field(3, "int", "residual blocks at the latent rate (and one fewer at the STFT frame rate), in the encoder and in the decoder", low=0),
-        "epochs": Field(10, "int", "epochs of VAE training (each data.steps_per_epoch batches, or the whole set)", low=0),
+        "steps": Field(5000, "int", "optimizer steps of VAE training, so a collection of any size gets a VAE trained as far (a time budget or a plateau may end it sooner)", low=0),
+        "epochs": Field(None, "int", "older configs: size stage one in epochs of data.steps_per_epoch instead of vae.steps; null uses vae.steps", low=0, optional=True),
+        "budget_share": Field(0.4, "float", "with training.time_budget_minutes, the share of that budget stage one may take (unless vae.time_budget_minutes is set); stage two gets the rest", low=0.0, high=1.0),
+        "patience": Field(6, "int", "stop stage one once its validation distance has not improved by vae.min_improvement for this many epochs (reconstruction only, without vae.adversarial_epochs); 0 is off", low=0),
+        "min_improvement": Field(0.005, "float", "the relative fall in validation distance that counts as improving, for vae.patience", low=0.0, high=1.0),
         "learning_rate": Field(1e-3, "float", "VAE learning rate (Adam)", low=0.0),
         "lr_decay": Field(0.1, "float", "the learning rate falls along a cosine to this fraction of itself by the end of stage one's epochs (fine-tuning included) or of its time budget, whichever comes first; 1 keeps it constant", low=0.0, high=1.0),
         "grad_clip": Field(1.0, "float", "clip the VAE's gradient norm to this; 0 is off", low=0.0),
@@ -133,7 +137,7 @@ SCHEMA = {
         "adversarial_epochs": Field(0, "int", "then epochs of decoder fine-tuning against a spectrogram discriminator, encoder frozen (RAVE phase 2)", low=0),
         "adversarial_weight": Field(0.1, "float", "weight of the hinge loss in that fine-tuning", low=0.0),
         "feature_matching_weight": Field(1.0, "float", "weight of feature matching in that fine-tuning", low=0.0),
-        "time_budget_minutes": Field(0.0, "float", "stop VAE training after the epoch that uses up this many minutes; 0 is off", low=0.0),
+        "time_budget_minutes": Field(0.0, "float", "stop VAE training after the epoch that uses up this many minutes; 0: vae.budget_share of training.time_budget_minutes, or no limit", low=0.0),
     },
     "discriminator": {
         "n_channels": Field(128, "int", "width of the last convolution block (of the latent discriminator, or the seed's waveform one)", low=1),
@@ -144,9 +148,11 @@ SCHEMA = {
         "multi_scale": Field(False, "bool", "add MelGAN's multi-scale waveform discriminator (latent: on decoded audio)"),
         "multi_resolution_stft": Field(False, "bool", "add a multi-resolution STFT (spectrogram) discriminator (latent: on decoded audio)"),
         "width": Field(16, "int", "base width of the multi-scale and STFT discriminators", low=1),
+        "motion": Field(False, "bool", "latent: a second critic of how each window moves (its change over lags of 43 ms to 0.7 s, and its drift between quarters), added to the latent discriminator's logit"),
     },
     "training": {
-        "epochs": Field(700, "int", "epochs of adversarial training", low=0),
+        "steps": Field(10000, "int", "updates of adversarial training (a time budget may end it sooner)", low=0),
+        "epochs": Field(None, "int", "older configs: size stage two in epochs of data.steps_per_epoch instead of training.steps; null uses training.steps", low=0, optional=True),
         "learning_rate": Field(1e-4, "float", "generator learning rate", low=0.0),
         "learning_rate_disc": Field(1e-4, "float", "discriminator learning rate", low=0.0),
         "betas": Field([0.5, 0.9], "floats", "Adam betas for both optimizers", low=0.0, high=0.9999),
@@ -166,7 +172,7 @@ SCHEMA = {
         "pretrain_generator_epochs": Field(1, "int", "seed: epochs of reconstruction-only generator training first", low=0),
         "pretrain_discriminator_epochs": Field(1, "int", "epochs of discriminator-only training after that", low=0),
         "max_nonfinite_in_a_row": Field(5, "int", "stop after this many NaN/Inf updates in a row", low=1),
-        "time_budget_minutes": Field(0.0, "float", "stop after the epoch that uses up this many minutes (pretraining included); 0 is off", low=0.0),
+        "time_budget_minutes": Field(0.0, "float", "the whole run's budget: stop after the epoch that uses up this many minutes (both stages; stage one takes vae.budget_share of it); 0 is off", low=0.0),
         "eval_every": Field(10, "int", "log the Fréchet distance to the validation set every this many epochs; 0 is off", low=0),
         "eval_samples": Field(16, "int", "generated clips and validation chunks that distance compares", low=2),
     },
@@ -212,6 +218,8 @@ def seed_config():
     config["discriminator"].update(use_waveform_mdisc=True, multi_scale=False, multi_resolution_stft=False)
     config["loss_weights"] = dict(SEED_LOSS_WEIGHTS)
     config["vae"]["enabled"] = False  # the seed's generator pretrains on (unpaired) reconstruction instead
+    config["data"]["steps_per_epoch"] = 0  # the seed's epoch: one pass over the training set, 700 of them
+    config["training"]["epochs"] = 700
     return config
 
 
@@ -302,7 +310,7 @@ def resolve_key(path, assignment):
     if len(parts) == 2 and all(parts):
         return parts[0], parts[1]
     if len(parts) != 1 or not parts[0]:
-        raise ValueError(f"{where}: the key must be section.key or a bare key, for example training.epochs=5 "
+        raise ValueError(f"{where}: the key must be section.key or a bare key, for example training.steps=500 "
                          f"(sections: {', '.join(SCHEMA)})")
     key = parts[0]
     sections = sections_with(key)
@@ -382,7 +390,7 @@ PRESETS = {  # file: (config, header); regenerate with: python config_reader.py
 Two stages: a VAE of your music (vae), then a GAN that writes sequences in its latent space (model,
 discriminator, training). Keys marked "seed:" apply only to the seed's end-to-end generator, which is
 one switch away: --config configs/seed.yaml. Measurements behind the defaults: docs/experiments.md.
-Override any key from the command line: python piano_main.py --set training.epochs=5"""),
+Override any key from the command line: python piano_main.py --set training.steps=500"""),
     "configs/seed.yaml": (seed_config, """The seed's recipe, exactly: BCE with label smoothing, the waveform discriminator with minibatch
 discrimination, and the loss terms the seed summed (G: recon x2, adversarial x20, KL x5e-5; D: its BCE
 plus its silence, melody, std and kl_songs terms).

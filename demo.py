@@ -1,7 +1,7 @@
 """The bundled demo: public-domain melodies rendered on a synthetic piano, then MusiGAN's whole pipeline.
 
     python piano_main.py --demo                  # everything under runs/demo/
-    python piano_main.py --demo --demo-dir /tmp/demo --set training.epochs=4
+    python piano_main.py --demo --demo-dir /tmp/demo --set training.steps=64
 
 It renders the songs below to mp3 (once; a second run reuses them), then runs prepare_dataset,
 create_dataset, a small training preset, the discriminator sweep and generation, and prints where
@@ -155,9 +155,9 @@ DEMO_CONFIG = {
     "data": {"sample_rate": SAMPLE_RATE, "batch_size": 8, "num_workers": 0, "steps_per_epoch": 16},
     "model": {"seq_len": 6000, "latent_seq_len": 32, "latent_dim": 64, "num_heads": 4, "num_layers": 2,
               "context": 8, "noise_dim": 32, "style_dim": 32},
-    "vae": {"width": 96, "latent_dim": 32, "layers": 2, "epochs": 40, "kl_warmup_steps": 200},
+    "vae": {"width": 96, "latent_dim": 32, "layers": 2, "steps": 640, "kl_warmup_steps": 200},
     "discriminator": {"n_channels": 64},
-    "training": {"epochs": 30, "gan_batch_size": 16, "pretrain_discriminator_epochs": 1, "eval_every": 10},
+    "training": {"steps": 400, "gan_batch_size": 16, "pretrain_discriminator_epochs": 1, "eval_every": 10},
     "output": {"save_after_nepochs": 10, "samples_per_save": 2},
 }
 
@@ -195,7 +195,7 @@ def run_demo(run_dir, train, overrides=(), song_seconds=75, clip_seconds=20, chu
     for old in ("checkpoints", "samples", "generated", "reconstructions"):  # the demo's own outputs from an earlier demo run
         shutil.rmtree(run_dir / old, ignore_errors=True)
     write_config(config, run_dir / "demo_config.yaml")
-    log(f"4/7 training the demo preset ({config['training']['epochs']} epochs; config in {run_dir / 'demo_config.yaml'})")
+    log(f"4/7 training the demo preset ({config['vae']['steps']} VAE steps, {config['training']['steps']} GAN updates; config in {run_dir / 'demo_config.yaml'})")
     status = train(["--config", str(run_dir / "demo_config.yaml"), "--device", "cpu"])
     if status != 0:
         return status

@@ -225,6 +225,40 @@ class MultiDiscriminator(nn.Module):
         return (logits, features) if return_features else logits
 
 
+class MotionCritic(nn.Module):
+    """How a latent window moves, judged as a whole: for each channel, the mean size and the spread of its change
+    over lags of 1 to 16 frames (43 ms to 0.7 s at 23.4 frames a second), and how far its mean drifts between the
+    window's quarters (over seconds), as logs, into a small spectrally normalized MLP -> (B, 1).
+
+    The convolutional critic pools over at most 8 positions, so a window that stands still scores like one that
+    moves; this branch sees the movement's statistics directly (issue 18: the GAN wrote one static texture)."""
+
+    LAGS = (1, 2, 4, 8, 16)
+
+    def __init__(self, latent_dim, frames, hidden=128):
+        super().__init__()
+        self.lags = tuple(lag for lag in self.LAGS if lag < frames) or (1,)
+        self.quarters = 4 if frames >= 8 else 1
+        features = latent_dim * (2 * len(self.lags) + (self.quarters > 1))
+        self.mlp = nn.Sequential(spectral_norm(nn.Linear(features, hidden)), nn.LeakyReLU(0.2),
+                                 spectral_norm(nn.Linear(hidden, 1)))
+
+    def statistics(self, z):  # (B, frames, D) -> (B, features)
+        z = z.float()
+        stats = []
+        for lag in self.lags:
+            step = z[:, lag:] - z[:, :-lag]  # (B, frames - lag, D)
+            stats += [step.abs().mean(dim=1), step.std(dim=1, correction=0)]
+        if self.quarters > 1:
+            usable = z.shape[1] // self.quarters * self.quarters
+            means = z[:, :usable].unflatten(1, (self.quarters, -1)).mean(dim=2)  # (B, quarters, D)
+            stats.append(means.std(dim=1, correction=0))
+        return torch.log(torch.cat(stats, dim=1) + 1e-3)
+
+    def forward(self, z):
+        return self.mlp(self.statistics(z))
+
+
 class LatentDiscriminator(nn.Module):
     """The latent GAN's critic: the seed's discriminator, minibatch discrimination included, on latent windows.
 
@@ -234,19 +268,25 @@ class LatentDiscriminator(nn.Module):
     """
 
     def __init__(self, latent_dim, frames, n_channels=128, mdisc_kernels=16, mdisc_kernel_dim=8,
-                 use_minibatch_discrimination=True, audio=None):
+                 use_minibatch_discrimination=True, audio=None, motion=False):
         super().__init__()
         self.latent = Discriminator_with_mdisc(latent_dim, n_channels, frames, mdisc_kernels, mdisc_kernel_dim,
                                                use_minibatch_discrimination, fold=1, stride=2, max_frames=8,
                                                min_width=max(8, n_channels // 2))
         self.audio = audio
+        self.motion = MotionCritic(latent_dim, frames) if motion else None
 
     @property
     def mdisc(self):
         return self.latent.mdisc
 
     def forward(self, z, return_features=False):
-        return self.latent(z.transpose(1, 2), return_features=return_features)
+        out = self.latent(z.transpose(1, 2), return_features=return_features)
+        if self.motion is None:
+            return out
+        logits, features = out if return_features else (out, None)
+        logits = logits + self.motion(z).to(logits.dtype)  # one verdict: the window's content and its movement
+        return (logits, features) if return_features else logits
 
 
 def build_discriminator(config):
@@ -262,7 +302,7 @@ def build_discriminator(config):
             audio["multi_resolution_stft"] = MultiResolutionSTFTDiscriminator(m["sound_channels"], width=d["width"])
         return LatentDiscriminator(config["vae"]["latent_dim"], judged_frames(m), d["n_channels"],
                                    d["mdisc_kernels"], d["mdisc_kernel_dim"], d["use_minibatch_discrimination"],
-                                   MultiDiscriminator(audio) if audio else None)
+                                   MultiDiscriminator(audio) if audio else None, motion=d["motion"])
     members = {}
     if d["use_waveform_mdisc"]:
         members["waveform_mdisc"] = Discriminator_with_mdisc(m["sound_channels"], d["n_channels"], m["seq_len"],

@@ -23,6 +23,7 @@ Under torchrun every process trains its share of each global batch and rank 0 wr
 
 import argparse
 import copy
+import math
 import os
 import random
 import shutil
@@ -42,7 +43,7 @@ from loss_functions import MultiResolutionSTFTLoss
 from discriminator import MultiResolutionSTFTDiscriminator
 from piano_encoder_decoder import vae_from_config
 from piano_model import AudioDataset, LatentWindows, build_generator, latent_statistics
-from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_segment
+from piano_pretrain import pretrain_discriminator, pretrain_generator, pretrain_vae, vae_schedule, vae_segment
 from piano_train import (VAE_PANELS, GANRun, TensorBoard, TrainingStopped, pretrain_latent_discriminator, train_vae_gan,
                          write_metrics)
 from report import report_line, write_report_safely
@@ -207,10 +208,11 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
     barrier()
     state = read_vae_checkpoint(path, config) if path.exists() else None
-    total = v["epochs"] + v["adversarial_epochs"]
-    more_epochs = (state is not None and not gan_started and state.get("stop_reason") == "done"
-                   and state["epoch"] < total)  # vae.epochs was raised before the GAN stage began
-    trained = state is None or not state.get("complete") or more_epochs
+    steps_per_epoch = config["data"]["steps_per_epoch"] or vae_batches_per_pass(config, info)
+    total_steps = vae_schedule(v, steps_per_epoch)[1] + v["adversarial_epochs"] * steps_per_epoch
+    more_steps = (state is not None and not gan_started and state.get("stop_reason") == "done"
+                  and state.get("step", 0) < total_steps)  # vae.steps was raised before the GAN stage began
+    trained = state is None or not state.get("complete") or more_steps
     if trained:
         status = train_vae(config, device, info, autocast, state, deadline, log)
         if status == "interrupted":
@@ -294,10 +296,7 @@ def train_vae(config, device, info, autocast, state, deadline, log):
             write_metrics(history, folder, name="vae_metrics", panels=VAE_PANELS, plot_name="vae_losses.png")
         write_report_safely(folder, log)
 
-    vae_deadline = deadline
-    if v["time_budget_minutes"]:
-        own = time.monotonic() + 60 * v["time_budget_minutes"]
-        vae_deadline = own if deadline is None else min(own, deadline)
+    vae_deadline = stage_one_deadline(config, deadline, time.monotonic())
     try:
         history, step, status = pretrain_vae(vae, optim, train_data, val_data, config, device, autocast=autocast,
                                              scaler=scaler, start_epoch=start_epoch, step=step, history=history,
@@ -308,6 +307,52 @@ def train_vae(config, device, info, autocast, state, deadline, log):
     if status != "interrupted":
         save(history[-1]["epoch"] if history else 0, history, step, complete=True, stop_reason=status)
     return status
+
+
+def stage_one_deadline(config, deadline, now):
+    """When stage one must stop: vae.time_budget_minutes from now, or vae.budget_share of the run's budget (which
+    ends at `deadline`, training.time_budget_minutes from the run's start), never after the run's deadline."""
+    v, t = config["vae"], config["training"]
+    if v["time_budget_minutes"]:
+        own = now + 60 * v["time_budget_minutes"]
+    elif deadline is not None:
+        own = deadline - 60 * t["time_budget_minutes"] * (1 - v["budget_share"])
+    else:
+        return None
+    return own if deadline is None else min(own, deadline)
+
+
+def vae_batches_per_pass(config, info):
+    """Stage one's batches in one pass over the training set (each rank's share)."""
+    chunks = 2 * info["pairs"]["training"]
+    return max(1, chunks // (world_size() * config["data"]["batch_size"]))
+
+
+def plan_lines(config, info, folder):
+    """What the run will do, printed at its start: each stage's steps and its share of the time budget."""
+    v, t, data = config["vae"], config["training"], config["data"]
+    budget = t["time_budget_minutes"]
+    lines = []
+    if v["enabled"] and v["checkpoint"]:
+        lines.append(f"plan: stage one (VAE): reuses {v['checkpoint']}, no training")
+    elif v["enabled"] and (Path(folder) / VAE_FILE).exists():
+        lines.append(f"plan: stage one (VAE): {Path(folder) / VAE_FILE} is there: reused if complete, else trained on")
+    if v["enabled"] and not v["checkpoint"]:
+        epochs, steps = vae_schedule(v, data["steps_per_epoch"] or vae_batches_per_pass(config, info))
+        sized = f"vae.epochs {v['epochs']}: {steps} steps" if v["epochs"] is not None else f"{steps} steps (vae.steps)"
+        limit = (f"; or {v['time_budget_minutes']:g} minutes (vae.time_budget_minutes)" if v["time_budget_minutes"] else
+                 f"; or {v['budget_share'] * budget:g} of the {budget:g} minutes (vae.budget_share {v['budget_share']:g})"
+                 if budget else "")
+        stop = (f", or sooner once its validation distance stops improving (vae.patience {v['patience']})"
+                if v["patience"] and not v["adversarial_epochs"] else "")
+        adversarial = (f", then {v['adversarial_epochs']} epochs of adversarial fine-tuning" if v["adversarial_epochs"]
+                       else "")
+        lines.append(f"plan: stage one (VAE): {sized}{limit}{stop}{adversarial}")
+    sized = (f"training.epochs {t['epochs']}" if t["epochs"] is not None else f"{t['steps']} updates (training.steps)")
+    rest = f"; or what is left of the {budget:g} minutes" if budget else ""
+    lines.append(f"plan: stage two (GAN): {sized}{rest}. Each stage prints its speed and an estimate after its "
+                 f"first epoch of {data['steps_per_epoch'] or 'one pass of'} steps.")
+    return lines
 
 
 def latent_data(config, vae, folder, info):
@@ -361,6 +406,8 @@ def run(config, device, log=print):
         folder.mkdir(parents=True, exist_ok=True)
         write_config({**config, "output": {**out, "resume_from_checkpoint": False}}, folder / "config.yaml")
 
+    for line in plan_lines(config, info, folder):
+        log(line)
     # Stage one comes before the GAN's random state is restored: building or loading the VAE draws from it.
     if config["vae"]["enabled"]:
         vae, status = stage_one(config, device, info, autocast, deadline, gan_started=resume_epoch is not None, log=log)
@@ -413,6 +460,9 @@ def run(config, device, log=print):
     gan = GANRun(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, ema=ema,
                  val_audio=val_audio, scaler_g=scaler_g, scaler_d=scaler_d, autocast=autocast, stft=stft,
                  sample_rate=info["sample_rate"], log=log, **gan_state)
+    if t["epochs"] is None:  # sized in updates (training.steps): epochs of gan.iterations() updates each
+        t["epochs"] = math.ceil(t["steps"] / gan.iterations()) if t["steps"] else 0
+    log(f"stage two (GAN): {t['epochs']} epochs of {gan.iterations()} updates")
     if resume_epoch is None:
         if latent:
             try:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from loss_functions import (MultiResolutionSTFTLoss, discriminator_adversarial_loss, discriminator_loss,
                             feature_matching_loss, generator_adversarial_loss, kl_divergence_loss, reconstruction_loss)
-from piano_train import TensorBoard, TrainingStopped, apply_update, make_loader
+from piano_train import TensorBoard, TrainingStopped, apply_update, estimate_line, make_loader
 from utilities import any_rank, is_main, mean_over_ranks, shared_randn
 
 clock = time.monotonic  # the VAE's time budget and learning-rate schedule read this (a test replaces it)
@@ -106,6 +106,14 @@ def pretrain_discriminator(discriminator, generator, optim_d, train_data, config
 # Stage one: the VAE
 
 
+def vae_schedule(v, steps_per_epoch):
+    """(reconstruction epochs, reconstruction steps) of stage one, from config["vae"]: vae.steps, or vae.epochs
+    of steps_per_epoch from an older config."""
+    if v["epochs"] is not None:
+        return v["epochs"], v["epochs"] * steps_per_epoch
+    return math.ceil(v["steps"] / steps_per_epoch), v["steps"]
+
+
 def kl_weight_at(step, weight, warmup_steps):
     """The KL weight after `step` updates: rising linearly from 0 to `weight` over warmup_steps."""
     return weight * min(1.0, step / warmup_steps) if warmup_steps else weight
@@ -115,6 +123,25 @@ def learning_rate_factor(progress, final):
     """Cosine decay of the learning rate: 1 at progress 0, `final` at progress 1 (and after)."""
     progress = min(max(progress, 0.0), 1.0)
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def plateaued(history, patience, min_improvement, key="val/stft"):
+    """True when the best `key` of the last `patience` reconstruction epochs is not min_improvement (relative) below
+    the best before them: stage one has stopped improving. Reads the history, so a resumed run judges alike."""
+    values = [row.get(key, row.get("vae/stft")) for row in history if row.get("phase", "vae") == "vae"]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not patience or len(values) <= patience:
+        return False
+    return min(values[-patience:]) > min(values[:-patience]) * (1 - min_improvement)
+
+
+def endless_batches(loader, epoch):
+    """The loader's batches for one epoch of any length: pass after pass, each reshuffled (its own sampler epoch,
+    so a resumed run draws the same). An epoch is a number of steps, not a pass: the collection's size does not
+    change how far a stage trains."""
+    for rerun in range(1_000_000):
+        loader.sampler.set_epoch(epoch * 1000 + rerun)
+        yield from loader
 
 
 def vae_segment(config):
@@ -222,11 +249,16 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                       decoder_params)
         return ok_d and ok_g, {"vae/stft": distance, "adv/d": d_loss, "adv/g": adversarial, "adv/feature_matching": matching}
 
-    total = v["epochs"] + v["adversarial_epochs"]
-    # One loader for the whole stage: its workers persist (with prefetch), and set_epoch reshuffles each epoch.
+    # One loader for the whole stage: its workers persist (with prefetch), and set_epoch reshuffles each pass.
     loader = make_loader(train_data, batch_size, workers, seed=t["seed"] * 100_003 + 50_000, shuffle=True,
                          device=device, persistent=True)
-    steps_per_epoch = min(config["data"]["steps_per_epoch"] or len(loader), len(loader))
+    steps_per_epoch = config["data"]["steps_per_epoch"] or len(loader)
+    # Sized in steps (vae.steps) or, from an older config, in epochs (vae.epochs): the reconstruction phase ends
+    # at recon_steps exactly, then vae.adversarial_epochs of fine-tuning follow.
+    recon_epochs, recon_steps = vae_schedule(v, steps_per_epoch)
+    total = recon_epochs + v["adversarial_epochs"]
+    total_steps = recon_steps + v["adversarial_epochs"] * steps_per_epoch
+    run_started, run_first_step = clock(), step
     # The decay follows the epochs or the time budget, whichever is further along. A resumed run's budget starts
     # afresh, so its time share goes on from where the schedule stood (the last epoch's row) to 1 over it.
     started, resumed_at = clock(), (history[-1].get("vae/schedule", 0.0) if history else 0.0)
@@ -235,17 +267,17 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     def time_share():
         return resumed_at + (1 - resumed_at) * (clock() - started) / max(deadline - started, 1e-9)
     for epoch in range(start_epoch, total + 1):
-        phase = "vae" if epoch <= v["epochs"] else "adversarial"
+        phase = "vae" if epoch <= recon_epochs else "adversarial"
+        epoch_steps = min(steps_per_epoch, recon_steps - step) if phase == "vae" else steps_per_epoch
         if phase == "adversarial":
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
         epoch_started = time.perf_counter()
-        loader.sampler.set_epoch(epoch)
         sums, count = {}, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
+        bar = tqdm(total=epoch_steps, desc=f"{'VAE' if phase == 'vae' else 'VAE decoder, adversarial'} epoch {epoch}/{total}",
                    unit="batch", leave=False, dynamic_ncols=True, disable=not is_main())
         try:
-            for _, (target, _, _) in zip(range(steps_per_epoch), loader):
-                progress = max(progress, step / (total * steps_per_epoch))
+            for _, (target, _, _) in zip(range(epoch_steps), endless_batches(loader, epoch)):
+                progress = max(progress, step / max(total_steps, 1))
                 factor = learning_rate_factor(progress, v["lr_decay"])
                 for group in optim.param_groups:
                     group["lr"] = v["learning_rate"] * factor
@@ -296,8 +328,16 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             + (f"KL {row['vae/kl']:.3f} x {row['vae/kl_weight']:.2g}  " if "vae/kl" in row else "")
             + (f"D {row['adv/d']:.3f} G {row['adv/g']:.3f}  " if "adv/d" in row else "")
             + f"{row['audio_seconds_per_second']:.0f} audio-s/s  {seconds:.1f}s")
+        if epoch == start_epoch and epoch < total:
+            log(estimate_line("stage one (VAE)", (clock() - run_started) / max(step - run_first_step, 1), step,
+                              total_steps, deadline, clock()))
         if any_rank(deadline is not None and clock() >= deadline) and epoch < total:  # all ranks alike
-            log(f"VAE time budget of {v['time_budget_minutes']:g} minutes used up after epoch {epoch}")
+            log(f"stage one's time budget used up after epoch {epoch} (step {step})")
             return history, step, "out of time"
+        if (phase == "vae" and not v["adversarial_epochs"] and epoch < total
+                and any_rank(is_main() and plateaued(history, v["patience"], v["min_improvement"]))):
+            log(f"stage one stops after epoch {epoch} (step {step}): its validation distance has not improved by "
+                f"{100 * v['min_improvement']:g} % in {v['patience']} epochs (vae.patience)")
+            return history, step, "plateau"
     vae.encoder.requires_grad_(True)
     return history, step, "done"

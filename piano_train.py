@@ -230,32 +230,90 @@ D_BANDS = {
                     (0.9, "healthy (0.5-0.9)"), (1.1, "D near confusion (0.9-1.1)"), (math.inf, "D fooled (above 1.1)")]),
 }
 BLIND = 0.1  # D accuracy at or below this on real (or fake) validation windows: it is not telling them apart
+PERSISTENT = 0.75  # a D problem of single epochs counts when it holds in this share of the window's epochs or more
+MEMORISING_GAP = 0.25  # D calls this much larger a share of training windows real than of held-out ones: memorising
+D_PROBLEMS = ("broken", "D fooled", "D dominates", "at the confusion")
+
+
+def _d_state(d, accuracy_real, accuracy_fake, kind):
+    """D's verdict on one set of figures (an epoch's, or the means of a window's): accuracy first, then its loss's
+    band for this adversarial loss kind."""
+    if accuracy_real is not None and accuracy_real <= BLIND:
+        return f"broken: D calls {1 - accuracy_real:.0%} of real validation chunks fake"
+    if accuracy_fake is not None and accuracy_fake <= BLIND:
+        return f"D fooled: it calls {1 - accuracy_fake:.0%} of fakes real"
+    if d is None or kind not in D_BANDS:
+        return "not measured"
+    confusion, bands = D_BANDS[kind]
+    if abs(d - confusion) < 0.02 * max(1.0, confusion):
+        return f"at the confusion point ({confusion:.3g}): D cannot tell real from fake"
+    return next(text for upper, text in bands if d < upper)
+
+
+def _d_problem(state):
+    """The short name of a D problem ("D broken", "D dominates", ...) in a _d_state sentence, or None."""
+    return "D " + state.split(" (")[0].split(":")[0].removeprefix("D ") if state.startswith(D_PROBLEMS) else None
+
+
+def _mean_of(rows, key):
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _d_over_window(rows, kind):
+    """(sentence, problems) for D over the window's rows.
+
+    The window's means place D in a band, so an epoch that alternates with its neighbours moves the verdict a
+    little, never across; a problem also counts when it holds, epoch by epoch, in PERSISTENT of the window or
+    more (one good epoch among bad ones pulls the mean, not the verdict). Where the rows hold D's accuracy on
+    real training windows too, the sentence says whether D memorises them or is simply ahead.
+    """
+    keys = ("d/adversarial", "val/d_accuracy_real", "val/d_accuracy_fake")
+    rows = [row for row in rows if any(row.get(key) is not None for key in keys)]
+    if not rows:
+        return "not measured", []
+    state = _d_state(*(_mean_of(rows, key) for key in keys), kind)
+    problem = _d_problem(state)
+    per_epoch = [_d_problem(_d_state(*(row.get(key) for key in keys), kind)) for row in rows]
+    bad = [name for name in per_epoch if name]
+    if problem is None and len(bad) >= PERSISTENT * len(rows):
+        problem = max(dict.fromkeys(reversed(bad)), key=bad.count)  # the most frequent; the latest on a tie
+        state = _d_state(*(_mean_of([row for row, name in zip(rows, per_epoch) if name == problem], key)
+                           for key in keys), kind)
+    if len(rows) > 1:
+        state += f"; judged over the last {len(rows)} epochs" + (
+            " (" + ", ".join(f"{name.removeprefix('D ')} in {bad.count(name)}" for name in dict.fromkeys(bad)) + ")"
+            if bad else "")
+    problems = [problem] if problem else []
+    both = [row for row in rows if row.get("val/d_accuracy_train_real") is not None
+            and row.get("val/d_accuracy_real") is not None]
+    if not both:
+        return state, problems
+    train, held_out = _mean_of(both, "val/d_accuracy_train_real"), _mean_of(both, "val/d_accuracy_real")
+    ahead = problem in ("D broken", "D dominates") or state.startswith("D winning")
+    if train - held_out >= MEMORISING_GAP:  # a D problem in itself, and the cause of the one above if any
+        state += f"; memorising: it calls {train:.0%} of training windows real but {held_out:.0%} of held-out ones"
+        problems = [f"{problem} (memorising)"] if ahead and problem else problems + ["D memorising"]
+    elif ahead:
+        state += (f"; {'' if problem == 'D broken' else 'simply ahead, '}not memorising: it calls {train:.0%} of "
+                  f"training and {held_out:.0%} of held-out real windows real")
+        problems = [f"{problem} (not memorising)"] if problem else problems
+    return state, problems
 
 
 def health_report(history, kind="bce", window=5):
-    """Verdicts for the latest epoch of `history` (a list of per-epoch metric dicts), as {name: sentence}.
+    """Verdicts for the latest `window` epochs of `history` (a list of per-epoch metric dicts), as {name: sentence}.
 
-    health/d reads D's adversarial loss against its kind's bands, but validation accuracy comes first: a D
-    that calls 90 % or more of real chunks fake (or of fakes real) is never healthy, whatever its loss.
-    health/frechet follows the Fréchet distance to validation; health/verdict sums everything up.
+    health/d places the window's mean adversarial loss of D in its kind's bands, but validation accuracy comes
+    first: a D that calls 90 % or more of real chunks fake (or of fakes real) is never healthy, whatever its
+    loss. A problem is declared from the window's means, or when it held in most of the window's epochs
+    (PERSISTENT), so that one epoch cannot flip the verdict. health/frechet follows the Fréchet distance to
+    validation; health/verdict sums everything up.
     """
     last = history[-1]
     recent = history[-window:]
-    verdict, problems = {}, []
-    d, accuracy_real, accuracy_fake = last.get("d/adversarial"), last.get("val/d_accuracy_real"), last.get("val/d_accuracy_fake")
-    if accuracy_real is not None and accuracy_real <= BLIND:
-        verdict["health/d"] = f"broken: D calls {1 - accuracy_real:.0%} of real validation chunks fake"
-    elif accuracy_fake is not None and accuracy_fake <= BLIND:
-        verdict["health/d"] = f"D fooled: it calls {1 - accuracy_fake:.0%} of fakes real"
-    elif d is None or kind not in D_BANDS:
-        verdict["health/d"] = "not measured"
-    else:
-        confusion, bands = D_BANDS[kind]
-        verdict["health/d"] = (f"at the confusion point ({confusion:.3g}): D cannot tell real from fake"
-                               if abs(d - confusion) < 0.02 * max(1.0, confusion) else
-                               next(text for upper, text in bands if d < upper))
-    if verdict["health/d"].startswith(("broken", "D fooled", "D dominates", "at the confusion")):
-        problems.append("D " + verdict["health/d"].split(" (")[0].split(":")[0].removeprefix("D "))
+    verdict = {}
+    verdict["health/d"], problems = _d_over_window(recent, kind)
 
     g_totals = [row["g/total"] for row in recent if "g/total" in row]
     g_adv = last.get("g/adversarial")
@@ -496,24 +554,47 @@ def make_loader(dataset, batch_size, num_workers, seed, shuffle, device, persist
                                        generator=torch.Generator().manual_seed(seed), **workers)
 
 
+VALIDATION_WINDOWS = 64  # latent: real windows D is validated on per epoch, in whole training-sized batches
+VALIDATION_SEED = 1234  # validation's own random streams: the same windows and noise every epoch
+
+
+def training_shaped_batches(windows, batch_size, seed=VALIDATION_SEED):
+    """Real latent windows for validation, drawn as training draws them (LatentWindows.batch: batches of
+    batch_size random windows across all of `windows`), about VALIDATION_WINDOWS of them, from a fixed seed:
+    minibatch discrimination then sees the batches it was trained on, never one song's windows together."""
+    rng = torch.Generator().manual_seed(seed)
+    return [windows.batch(batch_size, generator=rng) for _ in range(-(-VALIDATION_WINDOWS // batch_size))]
+
+
+def _sample_logits(logits):
+    """(B,) each sample's mean logit: D calls it real above 0, fake below."""
+    return logits.float().flatten(1).mean(dim=1)
+
+
 @torch.no_grad()
-def validate(generator, discriminator, val_data, config, device, autocast):
-    """D's accuracy on held-out real chunks and on fakes (fixed noise of their own, so training's random state is
-    not touched); for the seed's generator, recon of the fakes against the real chunks too."""
+def validate(generator, discriminator, val_data, config, device, autocast, train_data=None):
+    """D's accuracy on held-out real windows (chunks, for the seed) and on fakes, from random streams of their own
+    (training's random state is not touched); for the seed's generator, recon of the fakes against the real
+    chunks too. Latent: real and fake windows come in batches of training.gan_batch_size, the reals drawn at random
+    across the validation set as training draws them, and "val/d_accuracy_train_real" is D's accuracy on real
+    training windows drawn the same way (well above the held-out one: D memorises the training set)."""
     if val_data is None or len(val_data) == 0:
         return {}
     latent = config["model"]["architecture"] == "latent"
-    noise_rng = torch.Generator(device="cpu").manual_seed(1234)
+    noise_rng = torch.Generator(device="cpu").manual_seed(VALIDATION_SEED)
+    train_batches = []
     if latent:
-        count = max(2, min(64, 2 * len(val_data)))
-        batches = [val_data.fixed(count).to(device)]
+        size = config["training"]["gan_batch_size"]
+        batches = [batch.to(device) for batch in training_shaped_batches(val_data, size)]
+        if train_data is not None and len(train_data):
+            train_batches = [batch.to(device) for batch in training_shaped_batches(train_data, size)]
     else:
         loader = make_loader(val_data, min(config["data"]["batch_size"], len(val_data)), 0, seed=0, shuffle=False,
                              device=device, shard=False)
         batches = (target.to(device) for target, _, _ in loader)
     generator.eval()
     discriminator.eval()
-    correct_real = correct_fake = total = 0
+    correct_real = correct_fake = total = train_real = train_total = 0
     recon = []
     with forked_rng(device):
         for target in batches:
@@ -525,16 +606,22 @@ def validate(generator, discriminator, val_data, config, device, autocast):
                 else:
                     fake = generator(generator.sample_noise(target.shape[0], generator=noise_rng))[2]
                 real_logits, fake_logits = discriminator(target), discriminator(fake)
-            correct_real += int((real_logits.float().mean(dim=1) > 0).sum())  # per sample: its mean logit
-            correct_fake += int((fake_logits.float().mean(dim=1) < 0).sum())
+            correct_real += int((_sample_logits(real_logits) > 0).sum())
+            correct_fake += int((_sample_logits(fake_logits) < 0).sum())
             total += target.shape[0]
             if not latent:
                 recon.append(float(reconstruction_loss(fake, target)))
+        for target in train_batches:
+            with autocast():
+                train_real += int((_sample_logits(discriminator(target)) > 0).sum())
+            train_total += target.shape[0]
     generator.train()
     discriminator.train()
     if not total:
         return {}
     result = {"val/d_accuracy_real": correct_real / total, "val/d_accuracy_fake": correct_fake / total}
+    if train_total:
+        result["val/d_accuracy_train_real"] = train_real / train_total
     if recon:
         result["val/recon"] = statistics.mean(recon)
     return result
@@ -578,8 +665,10 @@ class GANRun:
 
     def iterations(self):
         t, data = self.config["training"], self.config["data"]
-        if self.latent:  # the global batch: every rank takes its rows of it
-            count = max(1, 2 * len(self.train_data) // (world_size() * t["gan_batch_size"]))
+        if self.latent:  # random windows: an epoch is data.steps_per_epoch updates, whatever the collection's size
+            if data["steps_per_epoch"]:
+                return data["steps_per_epoch"]
+            count = max(1, 2 * len(self.train_data) // (world_size() * t["gan_batch_size"]))  # the global batch
         else:
             count = len(self.train_data) // (world_size() * data["batch_size"]) // t["accumulation_steps"]
         return min(count, data["steps_per_epoch"]) if data["steps_per_epoch"] else count
@@ -632,7 +721,8 @@ class GANRun:
         t = self.config["training"]
         if not is_main():
             return {}
-        row = validate(self.generator, self.discriminator, self.val_data, self.config, self.device, self.autocast)
+        row = validate(self.generator, self.discriminator, self.val_data, self.config, self.device, self.autocast,
+                       train_data=self.train_data if self.latent else None)
         if t["eval_every"] and self.val_audio is not None and (epoch % t["eval_every"] == 0 or epoch == t["epochs"]):
             row.update(frechet_to_validation(self.sampler, self.val_audio, t["eval_samples"], t["seed"], self.device))
         return row
@@ -699,6 +789,16 @@ def pretrain_latent_discriminator(run, log=print):
         log(f"pretrain discriminator epoch {epoch}: D {row.get('d/total', float('nan')):.4f}")
 
 
+def estimate_line(stage, seconds_per_step, steps_done, steps_total, deadline, now):
+    """One line after a stage's first epoch: its speed and when it will end, by its steps or its time budget."""
+    left = max(steps_total - steps_done, 0) * seconds_per_step
+    if deadline is not None and now + left > deadline:
+        steps = steps_done + int(max(deadline - now, 0) / seconds_per_step)
+        return (f"{stage}: {seconds_per_step:.3f} s per step; at this speed its time budget ends it after about "
+                f"{steps} of {steps_total} steps, in {(deadline - now) / 60:.1f} more minutes")
+    return f"{stage}: {seconds_per_step:.3f} s per step; its {steps_total} steps end in about {left / 60:.1f} more minutes"
+
+
 def log_epoch(row, log):
     log(f"epoch {row['epoch']}: D {row.get('d/total', float('nan')):.4f}  G {row.get('g/total', float('nan')):.4f}  "
         + (f"Recon {row['g/recon']:.4f}  " if "g/recon" in row else "")
@@ -758,6 +858,9 @@ def train_vae_gan(run, *, start_epoch=1, history=None, deadline=None):
                 run.board.flush()
                 write_report_safely(run.folder, log)
             log_epoch(row, log)
+        if epoch == start_epoch and epoch < t["epochs"]:
+            log(estimate_line("stage two (GAN)", row["seconds"] / run.iterations(), epoch * run.iterations(),
+                              t["epochs"] * run.iterations(), deadline, time.monotonic()))
         if out_of_time:
             log(f"time budget of {t['time_budget_minutes']:g} minutes used up after epoch {epoch}")
             break

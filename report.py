@@ -262,8 +262,9 @@ def run_name(folder):
 
 EPOCH_COLUMNS = [("epoch", "epoch"), ("D", "d/total"), ("G", "g/total"), ("R1", "d/r1"),
                  ("val D acc real", "val/d_accuracy_real"), ("val D acc fake", "val/d_accuracy_fake"),
-                 ("Fréchet", "val/frechet"), ("motion dB", "val/spectral_motion_db"),
-                 ("real motion dB", "val/spectral_motion_db_real"), ("s", "seconds"), ("verdict", "health/verdict")]
+                 ("train D acc real", "val/d_accuracy_train_real"), ("Fréchet", "val/frechet"),
+                 ("motion dB", "val/spectral_motion_db"), ("real motion dB", "val/spectral_motion_db_real"),
+                 ("s", "seconds"), ("verdict", "health/verdict")]
 VAE_COLUMNS = [("epoch", "epoch"), ("phase", "phase"), ("STFT", "vae/stft"), ("val STFT", "val/stft"),
                ("KL", "vae/kl"), ("audio-s/s", "audio_seconds_per_second"), ("s", "seconds")]
 
@@ -342,8 +343,9 @@ def write_report(folder):
     if history:
         parts.append("<h2>Stage two: the GAN</h2>")
         parts.append("<p>Loss curves with their healthy bands shaded, the discriminator's accuracy on held-out real "
-                     "and generated windows, the Fréchet distance of samples to the validation audio (lower is "
-                     "closer) and their spectral motion beside the real audio's "
+                     "and generated windows (and, in the table, on real training windows: well above the held-out "
+                     "figure, D memorises the training set), the Fréchet distance of samples to the validation audio "
+                     "(lower is closer) and their spectral motion beside the real audio's "
                      '(<a href="metrics.csv">metrics.csv</a>).</p>')
         parts.append(image(folder / "losses.png", folder, "GAN loss curves with health bands"))
         columns = [c for c in EPOCH_COLUMNS if any(c[1] in row for row in history)]

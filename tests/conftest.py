@@ -87,7 +87,7 @@ def tiny_seed_config(tmp_path, dataset, **sections):
 def tiny_config(tmp_path, dataset, **sections):
     """Write a tiny config to tmp_path and return its path; sections override keys of the tiny one."""
     config = {
-        "data": {"dataset_dir": str(dataset), "sample_rate": SR, "batch_size": 4, "num_workers": 0},
+        "data": {"dataset_dir": str(dataset), "sample_rate": SR, "batch_size": 4, "num_workers": 0, "steps_per_epoch": 0},
         "model": dict(TINY_LATENT_MODEL),
         "vae": {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1,
                 "epochs": 1},

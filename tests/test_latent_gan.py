@@ -2,6 +2,7 @@
 R1, the EMA copy, minibatch discrimination, the real windows, and samples that leave training's RNG alone."""
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -195,3 +196,52 @@ def test_real_windows_are_contiguous_stretches_of_adjacent_chunks():
     assert torch.equal(windows.fixed(4), windows.fixed(4))
     with pytest.raises(Exception, match="model.latent_seq_len \\(21 frames\\) is longer than two"):
         LatentWindows(cache, 21, torch.zeros(2), torch.ones(2))
+
+
+def test_validation_judges_real_windows_in_training_shaped_batches():
+    # Each split holds two synthetic 'songs' of 20 chunk pairs; every frame of pair p is +-(level + p), the sign
+    # telling the songs apart, the level the splits (held-out 100, training 300); fakes are small. D must see
+    # batches of gan_batch_size windows drawn across pairs and songs, as in training, never one song's in order.
+    config = tiny(training={"gan_batch_size": 8})
+    generator, disc = models(config)[:2]
+    frames = generator.judged_frames
+
+    def split(level, pairs=40):
+        value = torch.arange(pairs).repeat_interleave(2) + level  # chunks 2p and 2p+1 form pair p
+        value[pairs:] *= -1
+        cache = value[:, None, None].expand(2 * pairs, frames, 8).numpy().astype(np.float32)
+        return LatentWindows(cache, frames, torch.zeros(8), torch.ones(8))
+
+    val_data, train_data = split(100), split(300)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.disc, self.mdisc = disc, disc.mdisc
+
+        def forward(self, z, return_features=False):
+            seen.append(z.detach().clone())
+            return self.disc(z, return_features=return_features)
+
+    def validate():
+        return piano_train.validate(generator, Recorder(), val_data, config, torch.device("cpu"), nullcontext,
+                                    train_data=train_data)
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = validate()
+    assert torch.equal(torch.get_rng_state(), state)  # training's random stream is untouched
+    windows = [batch.mean(dim=(1, 2)) for batch in seen]  # each window's value: its pair and song
+    held_out = [w for w in windows if ((w.abs() >= 100) & (w.abs() < 140)).all()]
+    training = [w for w in windows if ((w.abs() >= 300) & (w.abs() < 340)).all()]
+    fakes = [w for w in windows if (w.abs() < 50).all()]
+    assert len(held_out) + len(training) + len(fakes) == len(seen)  # no batch mixes real and fake, or splits
+    assert len(held_out) == len(fakes) == len(training) == 8  # 64 windows each, in 8 batches of 8
+    assert all(batch.shape[0] == 8 for batch in seen)
+    for batches in (held_out, training):
+        assert all(len(set(w.tolist())) > 1 for w in batches)  # every batch holds windows of several pairs
+        assert sum(bool((w > 0).any() and (w < 0).any()) for w in batches) >= len(batches) // 2  # and both songs
+    assert not torch.equal(held_out[0], held_out[1])
+    assert set(first) == {"val/d_accuracy_real", "val/d_accuracy_fake", "val/d_accuracy_train_real"}
+    assert validate() == first  # the same windows and noise every epoch

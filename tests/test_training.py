@@ -340,10 +340,62 @@ def test_a_discriminator_that_calls_real_music_fake_is_never_healthy():
         verdict = piano_train.health_report(history, kind=kind)
         assert verdict["health/d"].startswith("broken: D calls 100% of real validation chunks fake")
         assert verdict["health/verdict"] != "healthy" and "healthy" not in verdict["health/d"]
-    history[-1]["val/d_accuracy_real"] = 0.1  # 90 % called fake: still not healthy
+    for row in history:
+        row["val/d_accuracy_real"] = 0.1  # 90 % called fake: still not healthy
     assert piano_train.health_report(history)["health/verdict"].startswith("unhealthy")
-    history[-1]["val/d_accuracy_real"] = 0.6
+    history[-1]["val/d_accuracy_real"] = 0.6  # one good epoch after four broken ones: still broken
+    assert piano_train.health_report(history)["health/verdict"].startswith("unhealthy: D broken")
+    for row in history:
+        row["val/d_accuracy_real"] = 0.6
     assert piano_train.health_report(history)["health/verdict"] == "healthy"
+
+
+def test_the_verdict_judges_a_window_of_epochs_not_one():
+    def rows(d, accuracy_real=None):
+        return [{"epoch": i + 1, "d/adversarial": a, "d/total": a, "g/total": 0.7 + 0.01 * (i % 2),
+                 "g/adversarial": 0.7, "val/d_accuracy_fake": 0.8,
+                 **({"val/d_accuracy_real": accuracy_real[i]} if accuracy_real else {})} for i, a in enumerate(d)]
+
+    def verdicts(history, kind="bce"):  # the verdict each epoch from the fifth on would print
+        return [piano_train.health_report(history[:end], kind=kind)["health/verdict"]
+                for end in range(5, len(history) + 1)]
+
+    # Single epochs alternate between a D that dominates (or calls all real music fake) and a healthy one: a
+    # per-epoch verdict flips every epoch, the window's verdict does not.
+    for kind, low, high in (("bce", 0.1, 0.5), ("hinge", 0.3, 1.5)):
+        flipping = verdicts(rows([low, high] * 5), kind)
+        assert len(set(flipping)) == 1, flipping
+    flipping = verdicts(rows([0.5] * 10, [0.0, 0.6] * 5))
+    assert len(set(flipping)) == 1 and flipping[0] == "healthy", flipping
+    assert "broken in" in piano_train.health_report(rows([0.5] * 10, [0.0, 0.6] * 5))["health/d"]  # still said
+
+    # A problem that persists is flagged, even with one good epoch at the end of the window.
+    assert set(verdicts(rows([0.1] * 10))) == {"unhealthy: D dominates"}
+    persistent = piano_train.health_report(rows([0.5] * 5, [0.0, 0.0, 0.0, 0.0, 0.9]))
+    assert persistent["health/verdict"] == "unhealthy: D broken"
+    assert persistent["health/d"].startswith("broken: D calls 100% of real validation chunks fake")
+    hinge = piano_train.health_report(rows([0.3, 0.3, 1.5, 0.3, 0.3, 0.3]), kind="hinge")  # mean 0.54
+    assert hinge["health/verdict"] == "unhealthy: D dominates"
+
+
+def test_the_verdict_tells_a_memorising_discriminator_from_one_simply_ahead():
+    def rows(d, held_out, training):
+        return [{"epoch": i + 1, "d/adversarial": d, "d/total": d, "g/total": 0.7 + 0.01 * (i % 2),
+                 "val/d_accuracy_real": held_out, "val/d_accuracy_fake": 0.9, "val/d_accuracy_train_real": training}
+                for i in range(5)]
+
+    memorising = piano_train.health_report(rows(0.5, 0.05, 0.95))
+    assert memorising["health/verdict"] == "unhealthy: D broken (memorising)"
+    assert "memorising: it calls 95% of training windows real but 5% of held-out ones" in memorising["health/d"]
+    assert piano_train.health_report(rows(0.5, 0.05, 0.05))["health/verdict"] == "unhealthy: D broken (not memorising)"
+    ahead = piano_train.health_report(rows(0.1, 0.9, 0.92))
+    assert ahead["health/verdict"] == "unhealthy: D dominates (not memorising)"
+    assert "simply ahead, not memorising" in ahead["health/d"]
+    assert piano_train.health_report(rows(0.1, 0.5, 0.95))["health/verdict"] == "unhealthy: D dominates (memorising)"
+    assert "simply ahead" in piano_train.health_report(rows(0.3, 0.9, 0.9))["health/d"]  # winning, not a problem
+    # Losses in the healthy band, but D knows the training windows far better than held-out ones.
+    assert piano_train.health_report(rows(0.5, 0.5, 0.95))["health/verdict"] == "unhealthy: D memorising"
+    assert piano_train.health_report(rows(0.5, 0.8, 0.9))["health/verdict"] == "healthy"
 
 
 def test_a_rising_frechet_distance_is_flagged():
