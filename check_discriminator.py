@@ -2,6 +2,7 @@
 
     python check_discriminator.py --gen-epoch 690
     python check_discriminator.py --gen-epoch latest --d-epochs 540:700 --samples 64 --batch-size 16
+    python check_discriminator.py --gen-epoch best          # the saved epoch closest to the validation set
     python check_discriminator.py --gen-epoch 690 --config checkpoints/config.yaml
 
 The generator of --gen-epoch makes a fixed set of fakes from fixed noise. Every
@@ -241,7 +242,9 @@ def print_table(rows, bands):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gen-epoch", required=True, help="the generator's epoch, or latest")
+    parser.add_argument("--gen-epoch", required=True,
+                        help="the generator's epoch: a number, latest, or best (the saved epoch with the lowest "
+                             "Fréchet distance to the validation set, val/frechet)")
     parser.add_argument("--config", default=None,
                         help="config whose output.checkpoint_folder holds the run (default: config.yaml, "
                              "or checkpoints/config.yaml when config.yaml is absent)")
@@ -255,10 +258,9 @@ def main(argv=None):
     try:
         if args.samples < 2 or args.batch_size < 2:
             raise ValueError("--samples and --batch-size must be at least 2 (minibatch discrimination compares samples)")
-        gen_epoch = "latest" if args.gen_epoch == "latest" else int(args.gen_epoch)
         folder = run_folder(args.checkpoint_folder, args.config)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        rows, gen_epoch = sweep(folder, gen_epoch, parse_range(args.d_epochs), args.samples, args.batch_size, device,
+        rows, gen_epoch = sweep(folder, args.gen_epoch, parse_range(args.d_epochs), args.samples, args.batch_size, device,
                                 seed=args.seed)
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -319,7 +319,8 @@ def main(argv=None):
     parser.add_argument("--real", help="a folder of real audio (with --fake)")
     parser.add_argument("--fake", help="a folder of generated audio (with --real)")
     parser.add_argument("--sample-rate", type=int, default=None, help="resample folders to this rate (default: the first file's)")
-    parser.add_argument("--epoch", help="evaluate this generator epoch (or latest) against the run's validation set")
+    parser.add_argument("--epoch", help="evaluate this generator epoch (a number, latest or best) against the run's "
+                                         "validation set")
     parser.add_argument("--config", default=None, help="the run's config (default: config.yaml or checkpoints/config.yaml)")
     parser.add_argument("--checkpoint-folder", default=None, help="the run's folder (overrides the config's)")
     parser.add_argument("--samples", type=int, default=32, help="generated clips and validation chunks to compare (default: 32)")
@@ -339,8 +340,7 @@ def main(argv=None):
 
             folder = run_folder(args.checkpoint_folder, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            epoch = "latest" if args.epoch == "latest" else int(args.epoch)
-            generator, config, epoch = load_generator(folder, epoch, device)
+            generator, config, epoch = load_generator(folder, args.epoch, device)
             info = load_dataset_info(config["data"]["dataset_dir"])
             val = AudioDataset.from_dataset_dir(config["data"]["dataset_dir"], "validation", info["chunk_samples"],
                                                 normalization="peak")

@@ -1,8 +1,12 @@
 """Turn a trained generator into music you can play: white noise in, audio files out.
 
     python generate.py --epoch latest
+    python generate.py --epoch best                  # the saved epoch closest to the validation set
     python generate.py --epoch 690 --count 4 --seconds 30 --format mp3 --out generated
     python generate.py --epoch latest --count 32 --rank-by-discriminator 4    # keep the 4 most convincing
+
+--epoch best takes, of the saved generators, the one whose Fréchet distance to the validation set
+(val/frechet, measured every training.eval_every epochs) is lowest.
 
 Each file is `--seconds` long. The latent generator (the default) writes the whole piece in one go: one
 noise sequence, as long as the piece, through its transformer (whose attention reaches a fixed number
@@ -22,8 +26,10 @@ real are kept, best first.
 --reconstruct encodes and decodes any audio file, or every audio file under a folder, with the run's
 trained VAE (checkpoint_folder/vae.pt, or --vae). For each, NAME.original.wav (the input at the model's
 sample rate, stereo, as training saw it) and NAME.reconstruction.wav go side by side into --out
-(default: reconstructions), at the input's own level: what the VAE keeps is the best any generator
-built on it can sound. A file that cannot be decoded is skipped with the reason.
+(default: reconstructions): what the VAE keeps is the best any generator built on it can sound. Each song
+is encoded at the level of the training songs (divided by its own peak, as the dataset is by its peak),
+whatever level it was stored at, and its reconstruction comes back at the song's own RMS level
+(vae_utilities.reconstruct_audio). A file that cannot be decoded is skipped with the reason.
 """
 
 import argparse
@@ -159,7 +165,7 @@ def reconstruct(args):
         raise CheckpointError(f"no VAE at {vae_path}; train one with python piano_main.py (stage one writes "
                               f"checkpoint_folder/{VAE_FILE}), or name one with --vae")
     vae, state = load_vae(vae_path, device=device)
-    sample_rate, peak = state["sample_rate"], state["data_peak"]
+    sample_rate = state["sample_rate"]
     paths = reconstruct_paths(args.reconstruct)
     out = Path(args.out or "reconstructions")
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +176,7 @@ def reconstruct(args):
         except PrepareError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
             continue
-        recon = reconstruct_audio(vae, audio, peak, device)
+        recon = reconstruct_audio(vae, audio, None, device)  # a whole song: it enters at its own peak
         name = path.stem if len(paths) == 1 else "_".join(path.relative_to(args.reconstruct).with_suffix("").parts)
         for kind, signal in (("original", audio), ("reconstruction", recon)):
             file = out / f"{name}.{kind}.wav"
@@ -190,7 +196,9 @@ def reconstruct(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epoch", default="latest", help="the generator's epoch, or latest (default: latest)")
+    parser.add_argument("--epoch", default="latest",
+                        help="the generator's epoch: a number, latest, or best (the saved epoch with the lowest "
+                             "Fréchet distance to the validation set, val/frechet) (default: latest)")
     parser.add_argument("--count", type=int, default=4, help="pieces to generate (default: 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each piece in seconds (default: 10)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="wav", help="audio format (default: wav)")
@@ -231,8 +239,7 @@ def main(argv=None):
                              f"({args.count}): it keeps the best K of --count candidates")
         folder = run_folder(args.checkpoint_folder, args.config)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        epoch = "latest" if args.epoch == "latest" else int(args.epoch)
-        generator, config, epoch = load_generator(folder, epoch, device)
+        generator, config, epoch = load_generator(folder, args.epoch, device)
         autocast = inference_autocast(args.precision, device)
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import math
 import pickle
 import re
 import time
@@ -38,8 +39,9 @@ def forked_rng(device):
     return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """The checkpoint dict at path, loaded with weights_only=True; CheckpointError with a sentence otherwise."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """The checkpoint dict at path, loaded with weights_only=True; CheckpointError with a sentence otherwise.
+    mmap=True maps the tensors' storage instead of reading it: cheap when only the plain values are wanted."""
     path = Path(path)
     if not path.exists():
         kind = "discriminator" if "discriminator" in path.name else "generator"
@@ -47,7 +49,7 @@ def load_checkpoint(path, map_location="cpu"):
         found = f"epochs there: {', '.join(map(str, epochs))}" if epochs else "there are no checkpoints there"
         raise CheckpointError(f"no checkpoint at {path} ({found})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(
             f"{path} is damaged or not a MusiGAN checkpoint ({str(e).splitlines()[0][:160]}). A run killed while "
@@ -61,19 +63,88 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
-def load_generator(folder, epoch, device):
-    """(generator in eval mode, its config, its epoch) from folder/generator_epoch_{epoch}.pt; epoch may be 'latest'.
-    A latent run's generator comes with its EMA weights, which sample better than the live ones."""
-    from config_reader import config_from_checkpoint
-    from piano_model import build_generator
+EPOCH_CHOICES = "an epoch number, latest or best"
 
+
+def resolve_epoch(folder, wanted, log=print):
+    """The saved generator epoch that `wanted` names, as an int: a number (or its digits), "latest" (the newest
+    saved) or "best" (the saved one with the lowest validation distance, see best_epoch; its choice is logged).
+    CheckpointError with a sentence when there is no such epoch; ValueError for anything else."""
     epochs = checkpoint_epochs(folder, "generator")
     if not epochs:
         raise CheckpointError(f"no generator checkpoints in {folder}; train first with python piano_main.py")
-    if epoch == "latest":
-        epoch = epochs[-1]
+    if wanted == "latest":
+        return epochs[-1]
+    if wanted == "best":
+        epoch, distances = best_epoch(folder, epochs)
+        log(f"best epoch: {epoch}, Fréchet distance {distances[epoch]:.4g} to the validation set (the lowest of "
+            f"{len(distances)} saved epoch{'s' if len(distances) > 1 else ''} that measured it)")
+        return epoch
+    try:
+        epoch = int(wanted)
+    except (TypeError, ValueError):
+        raise ValueError(f"epoch {wanted!r} is not {EPOCH_CHOICES}") from None
     if epoch not in epochs:
         raise CheckpointError(f"no generator of epoch {epoch} in {folder}; epochs there: {', '.join(map(str, epochs))}")
+    return epoch
+
+
+def best_epoch(folder, epochs=None):
+    """(epoch, {epoch: distance}): among the saved generator epochs whose metrics row has a validation distance
+    (val/frechet, the Fréchet distance to the validation set that training logs every training.eval_every
+    epochs), the one with the lowest. The rows come from the newest generator checkpoint, whose metrics hold
+    every epoch's row up to it. CheckpointError saying why when no saved epoch has a distance."""
+    epochs = epochs or checkpoint_epochs(folder, "generator")
+    if not epochs:
+        raise CheckpointError(f"no generator checkpoints in {folder}; train first with python piano_main.py")
+    state = load_checkpoint(checkpoint_path(folder, "generator", epochs[-1]), mmap=True)
+    rows = state["metrics"]
+    measured = {}  # {epoch: distance} for every epoch that measured one, saved or not
+    for row in rows:
+        distance = row.get("val/frechet")
+        if distance is not None and math.isfinite(distance):
+            measured[int(row["epoch"])] = float(distance)
+    distances = {epoch: measured[epoch] for epoch in epochs if epoch in measured}
+    if distances:
+        return min(distances, key=lambda epoch: (distances[epoch], epoch)), distances
+    eval_every = state["config"]["training"].get("eval_every")
+    if measured:
+        save_every = state["config"]["output"].get("save_after_nepochs")
+        if eval_every and save_every and eval_every % save_every == 0:  # every measured epoch was saved
+            how = "the generators of the measured epochs have been deleted"
+        else:
+            how = (f"in a new run, make training.eval_every ({eval_every}) a multiple of output.save_after_nepochs "
+                   f"({save_every})")
+        why = (f"the validation distance was measured at epochs {epoch_list(sorted(measured))}, but generators are "
+               f"saved at epochs {epoch_list(epochs)}, and no epoch is in both ({how})")
+    elif eval_every == 0:
+        why = "training.eval_every is 0, so the run never measured its distance to the validation set"
+    elif not rows:
+        why = "no epoch of the run has finished yet"
+    elif not any(key.startswith("val/") for row in rows for key in row):
+        why = ("the run has no validation set (its dataset has no validation songs; see create_dataset.py "
+               "--val-fraction)")
+    else:
+        why = (f"the run stopped before its first measurement of the distance to the validation set, at epoch "
+               f"{eval_every} (training.eval_every)")
+    raise CheckpointError(f"no best epoch in {folder}: {why}. Ask for latest or an epoch number instead.")
+
+
+def epoch_list(epochs, limit=8):
+    """'1, 2, 3' or, for many, '10, 20, 30, ..., 680, 690, 700 (70 epochs)'."""
+    if len(epochs) <= limit:
+        return ", ".join(map(str, epochs))
+    return f"{', '.join(map(str, epochs[:3]))}, ..., {', '.join(map(str, epochs[-3:]))} ({len(epochs)} epochs)"
+
+
+def load_generator(folder, epoch, device, log=print):
+    """(generator in eval mode, its config, its epoch) from a saved generator of folder; epoch is what resolve_epoch
+    takes (a number, latest or best). A latent run's generator comes with its EMA weights, which sample better than
+    the live ones."""
+    from config_reader import config_from_checkpoint
+    from piano_model import build_generator
+
+    epoch = resolve_epoch(folder, epoch, log)
     path = checkpoint_path(folder, "generator", epoch)
     state = load_checkpoint(path)
     config = config_from_checkpoint(state["config"], source=f"the config inside {path}")

@@ -303,15 +303,36 @@ def load_latent_cache(folder, fingerprint, dataset_dir):
 
 
 def reconstruct_audio(vae, audio, peak, device):
-    """(2, T) float32 at the model's rate -> its reconstruction, (2, T), at the same level."""
+    """(C, T) float32 at the model's rate -> its reconstruction by the VAE, (C, T), at the input's loudness.
+
+    The level, in two steps (both a single gain for the whole input, so its dynamics are the VAE's to keep):
+    - In: the encoder reads log magnitudes, so it knows only the levels it was trained on, its training songs
+      divided by their global peak. `peak` divides the audio into those units. Audio cut from the dataset comes
+      with that peak (vae.pt's data_peak): where training saw it. A song from elsewhere comes with None: it is
+      divided by its own peak, as create_dataset.py would divide a collection of that song alone, which puts it
+      where the training songs sat, however loud it was stored. Divided by the training songs' peak, a song
+      stored 12 dB quieter lies outside the levels the VAE has learnt.
+    - Out: the decoder rebuilds levels only roughly. Its frames' phases are never quite consistent, so its
+      overlap-add partly cancels (by 6 dB when they are random). A tiny VAE trained for seconds rebuilt its own
+      training song 3 to 5 dB quiet, and the same song 12 dB quieter 5 dB loud (tests/test_vae.py). So the
+      reconstruction is scaled to the input's RMS over the whole input (silence stays silent).
+    """
     length = audio.shape[1]
+    if peak is None:
+        peak = float(np.abs(audio).max()) or 1.0
     padded = -(-length // vae.frame_samples) * vae.frame_samples
     x = torch.zeros(1, audio.shape[0], padded)
-    x[0, :, :length] = torch.from_numpy(audio) / peak  # the level training saw: divided by its global peak
-    x = x.to(device)
+    x[0, :, :length] = torch.from_numpy(audio) / peak
     with torch.inference_mode():
-        mu, _ = vae.encode_long(x)
-        return (vae.decode_long(mu)[0, :, :length].float().cpu() * peak).numpy()
+        mu, _ = vae.encode_long(x.to(device))
+        recon = vae.decode_long(mu)[0, :, :length].float().cpu().numpy()  # in the VAE's units
+    recon_rms = rms(recon)
+    return recon * (rms(audio) / recon_rms if recon_rms > 0 else peak)
+
+
+def rms(audio):
+    """The root mean square of an array, over every channel and sample, in float64."""
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
 
 
 RECONSTRUCTIONS_DIR = "vae"  # under output.music_out_folder

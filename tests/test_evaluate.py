@@ -10,6 +10,7 @@ from scipy.signal import butter, sosfilt
 import evaluate
 import piano_main
 from conftest import synth_song, tiny_config, write_audio
+from utilities import resolve_epoch
 
 SR = 12000
 
@@ -69,6 +70,9 @@ def test_training_logs_the_frechet_distance(tmp_path, dataset, capsys):
     assert all(float(row["val/frechet"]) > 0 for row in rows)
     assert "Fréchet" in capsys.readouterr().out
     assert evaluate.main(["--epoch", "latest", "--config", str(config), "--samples", "4"]) == 0
+    # Every epoch measured and saved: best is the one metrics.csv gives the lowest distance
+    closest = min(rows, key=lambda row: float(row["val/frechet"]))
+    assert resolve_epoch(tmp_path / "ck", "best", log=lambda *_: None) == int(closest["epoch"])
 
 
 def test_join_report_catches_a_click_and_a_dip():

@@ -117,6 +117,83 @@ def test_the_sweep_names_the_epochs_that_exist(trained_run, tmp_path, capsys):
     assert "no generator checkpoints in" in capsys.readouterr().err
 
 
+def copy_with_distances(run_folder, folder, distances, drop_epochs=(), **config):
+    """A copy of a run's checkpoint folder whose newest generator checkpoint holds these validation distances
+    ({epoch: val/frechet}, in place of the run's own) and config overrides ({"training.eval_every": 0}), without
+    the generators of drop_epochs."""
+    import shutil
+
+    import torch
+
+    from utilities import checkpoint_epochs, checkpoint_path
+
+    shutil.copytree(run_folder, folder)
+    for epoch in drop_epochs:
+        checkpoint_path(folder, "generator", epoch).unlink()
+    path = checkpoint_path(folder, "generator", checkpoint_epochs(folder)[-1])
+    state = torch.load(path, weights_only=True)
+    for row in state["metrics"]:
+        row.pop("val/frechet", None)
+        if row["epoch"] in distances:
+            row["val/frechet"] = distances[row["epoch"]]
+    for key, value in config.items():
+        section, name = key.split(".")
+        state["config"][section][name] = value
+    torch.save(state, path)
+    return folder
+
+
+def test_the_best_epoch_is_the_saved_one_closest_to_the_validation_set(trained_run, tmp_path, capsys):
+    from utilities import best_epoch, load_checkpoint, resolve_epoch
+
+    root, _ = trained_run
+    history = load_checkpoint(root / "ck" / "generator_epoch_3.pt")["metrics"]
+    assert [row["epoch"] for row in history if "val/frechet" in row] == [3]  # training.eval_every 10: the last epoch
+    assert resolve_epoch(root / "ck", "best") == 3 and best_epoch(root / "ck")[1] == {3: history[-1]["val/frechet"]}
+    # Epoch 1 measured closest but its generator is gone; of the saved ones, epoch 2 is closest, not the latest (3).
+    folder = copy_with_distances(root / "ck", tmp_path / "ck", {1: 10.0, 2: 20.0, 3: 35.0}, drop_epochs=[1])
+    assert resolve_epoch(folder, "best", log=lambda *_: None) == 2
+    assert resolve_epoch(folder, "latest") == 3 and resolve_epoch(folder, "2") == 2
+    capsys.readouterr()
+    assert generate.main(["--checkpoint-folder", str(folder), "--epoch", "best", "--count", "1", "--seconds", "0.3",
+                          "--out", str(tmp_path / "out"), "--no-plots", "--precision", "fp32"]) == 0
+    assert "best epoch: 2, Fréchet distance 20 to the validation set" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "out").glob("*.wav")] == ["epoch2_seed0_00.wav"]
+    assert cd.main(["--gen-epoch", "best", "--checkpoint-folder", str(folder), "--samples", "4",
+                    "--batch-size", "2", "--device", "cpu"]) == 0
+    assert "generator of epoch 2 against 3 discriminators" in capsys.readouterr().out
+    assert generate.main(["--checkpoint-folder", str(folder), "--epoch", "bestest"]) == 2
+    assert "epoch 'bestest' is not an epoch number, latest or best" in capsys.readouterr().err
+
+
+def test_best_without_a_measured_saved_epoch_says_why(trained_run, tmp_path, capsys):
+    import torch
+
+    from utilities import CheckpointError, resolve_epoch
+
+    root, _ = trained_run
+    off = copy_with_distances(root / "ck", tmp_path / "off", {}, **{"training.eval_every": 0})
+    assert generate.main(["--checkpoint-folder", str(off), "--epoch", "best"]) == 2
+    err = capsys.readouterr().err
+    assert "no best epoch in" in err and "training.eval_every is 0" in err and "Ask for latest" in err
+    assert cd.main(["--gen-epoch", "best", "--checkpoint-folder", str(off)]) == 2
+    assert "training.eval_every is 0" in capsys.readouterr().err
+    unsaved = copy_with_distances(root / "ck", tmp_path / "unsaved", {1: 10.0}, drop_epochs=[1],
+                                  **{"output.save_after_nepochs": 4})
+    with pytest.raises(CheckpointError, match=r"measured at epochs 1, but generators are saved at epochs 2, 3, and "
+                                              r"no epoch is in both \(in a new run, make training.eval_every \(10\) a "
+                                              r"multiple of output.save_after_nepochs \(4\)\)"):
+        resolve_epoch(unsaved, "best")
+    early = copy_with_distances(root / "ck", tmp_path / "early", {})
+    with pytest.raises(CheckpointError, match="stopped before its first measurement .* at epoch 10"):
+        resolve_epoch(early, "best")
+    state = torch.load(early / "generator_epoch_3.pt", weights_only=True)
+    state["metrics"] = [{k: v for k, v in row.items() if not k.startswith("val/")} for row in state["metrics"]]
+    torch.save(state, early / "generator_epoch_3.pt")
+    with pytest.raises(CheckpointError, match="the run has no validation set"):
+        resolve_epoch(early, "best")
+
+
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
 def test_generate_writes_playable_files_of_the_asked_length(trained_run, tmp_path, fmt):
     root, config = trained_run

@@ -23,8 +23,8 @@ from piano_model import AudioDataset
 from piano_pretrain import VAE_STFT_SIZES, learning_rate_factor, pretrain_vae, random_equalizer, validate_vae
 from loss_functions import MultiResolutionSTFTLoss
 from utilities import load_checkpoint
-from vae_utilities import (LatentCacheError, build_latent_cache, load_latent_cache, load_vae, save_checkpoint,
-                           vae_fingerprint)
+from vae_utilities import (LatentCacheError, build_latent_cache, load_latent_cache, load_vae, reconstruct_audio,
+                           save_checkpoint, vae_fingerprint)
 
 TINY_VAE = {"n_fft": 128, "hop_length": 32, "downsample": 4, "latent_dim": 8, "width": 16, "layers": 1, "epochs": 1}
 GAN_OFF = {"epochs": 0, "keys": 8, "pretrain_discriminator_epochs": 0}
@@ -148,27 +148,75 @@ def vae_config(**vae):
     return config
 
 
-def test_the_vae_learns_a_song_within_seconds():
-    """A tiny VAE halves its STFT distance to a synthesized song's chunks in seconds of training."""
+@pytest.fixture(scope="module")
+def song_vae():
+    """A tiny VAE trained for seconds on one synthesized song (peak 0.9, its dataset's peak left at 1.0): a namespace
+    of the VAE, its config, the song (2, T), the training and validation chunks, the validation STFT distance before
+    training, and what pretrain_vae returned."""
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     song = synth_song(16, SR, 2, seed=3).T  # (2, T)
     chunks = np.stack([song[:, i:i + 8192] for i in range(0, song.shape[1] - 8192 + 1, 2048)]).astype(np.float16)
     train = AudioDataset(chunks, 4096, normalization="peak")
     val = AudioDataset(chunks[:8], 4096, random_crop=False, normalization="peak")
     # One synthesized song: no other song's balance to confuse it with, so no equalizer augmentation.
-    config = vae_config(epochs=40, learning_rate=1e-3, kl_weight=1e-4, kl_warmup_steps=50, augment_eq_db=0.0)
+    config = vae_config(epochs=40, learning_rate=1e-3, kl_weight=1e-4, kl_warmup_steps=50, augment_eq_db=0.0,
+                        patience=0)  # the whole 40 epochs: this test measures what they reach
     vae = vae_from_config(config["vae"], 2)
     stft = MultiResolutionSTFTLoss(**VAE_STFT_SIZES)
     before = validate_vae(vae, val, stft, "cpu", nullcontext)["val/stft"]
     history, step, status = pretrain_vae(vae, torch.optim.Adam(vae.parameters(), 1e-3), train, val, config,
                                          torch.device("cpu"), log=lambda *_: None)
-    batches = len(train) // 8
-    assert status == "done" and step == 40 * batches and len(history) == 40 and batches >= 5
-    after = history[-1]["val/stft"]
-    assert after <= 0.5 * before, (before, after)
+    return SimpleNamespace(vae=vae.eval(), config=config, song=song, train=train, val=val, before=before,
+                           history=history, step=step, status=status)
+
+
+def test_the_vae_learns_a_song_within_seconds(song_vae):
+    """A tiny VAE halves its STFT distance to a synthesized song's chunks in seconds of training."""
+    vae, val = song_vae.vae, song_vae.val
+    batches = len(song_vae.train) // 8
+    assert song_vae.status == "done" and song_vae.step == 40 * batches and len(song_vae.history) == 40
+    assert batches >= 5
+    after = song_vae.history[-1]["val/stft"]
+    assert after <= 0.5 * song_vae.before, (song_vae.before, after)
     with torch.no_grad():
         recon = vae.decoder(vae.encoder(val[0][0][None])[0])[0].numpy()
     assert abs(spectral_motion_db(recon, SR) - spectral_motion_db(val[0][0].numpy(), SR)) < 3
+
+
+def rms_db(audio):
+    return float(10 * np.log10(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def test_a_reconstruction_keeps_the_loudness_of_its_input(song_vae, tmp_path):
+    """Within 1 dB of the input's RMS, for the training song and one it never heard, at the training level and 12 dB
+    quieter, whether the audio comes as the dataset holds it (divided by the data's peak) or as a song from elsewhere
+    (its own peak). Left to itself this decoder rebuilt its training song about 5 dB quiet, and that song stored
+    12 dB quieter about 5 dB loud."""
+    vae, quieter = song_vae.vae, 10 ** (-12 / 20)
+    held_out = synth_song(6, SR, 2, seed=11).T
+    for audio in (song_vae.song, held_out):
+        for gain in (1.0, quieter):
+            x = np.ascontiguousarray(audio * gain, np.float32)
+            for peak in (1.0, None):
+                recon = reconstruct_audio(vae, x, peak, "cpu")
+                level_db = rms_db(recon) - rms_db(x)
+                assert recon.shape == x.shape and abs(level_db) <= 1.0, (gain, peak, level_db)
+    # A song from elsewhere enters at its own peak: 12 dB quieter in, the same reconstruction 12 dB quieter out.
+    loud, quiet = (reconstruct_audio(vae, np.float32(held_out * gain), None, "cpu") for gain in (1.0, quieter))
+    assert np.allclose(quiet, loud * quieter, atol=1e-4 * np.abs(loud).max())
+    assert not reconstruct_audio(vae, np.zeros((2, 4096), np.float32), None, "cpu").any()  # silence stays silent
+
+    # generate.py --reconstruct, file to file: a song stored 12 dB quieter than the one the VAE learnt.
+    save_checkpoint(tmp_path / "vae.pt", vae, torch.optim.Adam(vae.parameters()), 40, song_vae.config, kind="vae",
+                    data_peak=1.0, sample_rate=SR, complete=True)
+    song = write_audio(tmp_path / "quiet.wav", held_out.T * quieter, SR)
+    assert generate.main(["--reconstruct", str(song), "--vae", str(tmp_path / "vae.pt"), "--out", str(tmp_path / "out"),
+                          "--no-plots", "--device", "cpu"]) == 0
+    original, recon = (soundfile.read(tmp_path / "out" / f"quiet.{kind}.wav")[0]
+                       for kind in ("original", "reconstruction"))
+    assert abs(rms_db(original) - rms_db(held_out * quieter)) < 0.1 and abs(rms_db(recon) - rms_db(original)) <= 1.0
 
 
 def test_the_learning_rate_decays_along_a_cosine_by_epochs_or_by_time(monkeypatch):
