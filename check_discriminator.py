@@ -162,7 +162,9 @@ def sweep(folder, gen_epoch, d_range, samples, batch_size, device, dataset_dir=N
         if latent:  # D judges latent windows: the real ones come from the run's latent cache
             cache = np.load(Path(folder) / LATENT_DIR / "validation.npy", mmap_mode="r")
             val = LatentWindows(cache, generator.judged_frames, generator.latent_mean.cpu(), generator.latent_std.cpu())
-            real = val.fixed(min(samples, 2 * len(val))).to(device)
+            # drawn at random across the validation set, as training draws its batches: minibatch discrimination
+            # reads a batch of one song's windows as a collapsed batch
+            real = val.batch(samples, generator=torch.Generator().manual_seed(seed)).to(device)
         else:
             val = AudioDataset.from_dataset_dir(dataset_dir, "validation", config["model"]["seq_len"])
             if len(val):

@@ -225,6 +225,12 @@ class MultiDiscriminator(nn.Module):
         return (logits, features) if return_features else logits
 
 
+def spread(x, dim=1, eps=1e-6):
+    """The standard deviation over `dim`, with an epsilon inside the root: a channel that stands still gives
+    finite gradients, including R1's second derivative (torch.std's is NaN at 0)."""
+    return (x.var(dim=dim, correction=0) + eps).sqrt()
+
+
 class MotionCritic(nn.Module):
     """How a latent window moves, judged as a whole: for each channel, the mean size and the spread of its change
     over lags of 1 to 16 frames (43 ms to 0.7 s at 23.4 frames a second), and how far its mean drifts between the
@@ -248,11 +254,11 @@ class MotionCritic(nn.Module):
         stats = []
         for lag in self.lags:
             step = z[:, lag:] - z[:, :-lag]  # (B, frames - lag, D)
-            stats += [step.abs().mean(dim=1), step.std(dim=1, correction=0)]
+            stats += [step.abs().mean(dim=1), spread(step)]
         if self.quarters > 1:
             usable = z.shape[1] // self.quarters * self.quarters
             means = z[:, :usable].unflatten(1, (self.quarters, -1)).mean(dim=2)  # (B, quarters, D)
-            stats.append(means.std(dim=1, correction=0))
+            stats.append(spread(means))
         return torch.log(torch.cat(stats, dim=1) + 1e-3)
 
     def forward(self, z):

@@ -1,7 +1,7 @@
 """Train MusiGAN: stage one, a VAE of your music and its latent cache; then the discriminator and the GAN loop.
 
     python piano_main.py --config config.yaml
-    python piano_main.py --config config.yaml --set training.epochs=50 --set model.num_layers=2
+    python piano_main.py --config config.yaml --set training.time_budget_minutes=30 --set model.num_layers=2
     python piano_main.py --config config.yaml --set batch_size=16          # a bare key one section has
     python piano_main.py --config config.yaml --set output.resume_from_checkpoint=latest
     python piano_main.py --config checkpoints/config.yaml      # the resolved config of an earlier run
@@ -192,8 +192,9 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
     """The VAE of the music: trained (or resumed) in checkpoint_folder/vae.pt, or copied there from
     vae.checkpoint; then its latent cache, built unless an up-to-date one is there. Returns (vae, status).
 
-    A VAE that stopped early (Ctrl-C, a kill) is trained on when the run resumes; so is one whose vae.epochs
-    was raised, until the GAN stage has begun on its latents. One that stopped on its time budget is final."""
+    A VAE that stopped early (Ctrl-C, a kill) is trained on when the run resumes; so is one whose vae.steps
+    was raised, until the GAN stage has begun on its latents. One that stopped on its time budget or on a
+    plateau of its validation distance is final."""
     v, out = config["vae"], config["output"]
     folder = Path(out["checkpoint_folder"])
     path = folder / VAE_FILE
@@ -350,8 +351,9 @@ def plan_lines(config, info, folder):
         lines.append(f"plan: stage one (VAE): {sized}{limit}{stop}{adversarial}")
     sized = (f"training.epochs {t['epochs']}" if t["epochs"] is not None else f"{t['steps']} updates (training.steps)")
     rest = f"; or what is left of the {budget:g} minutes" if budget else ""
+    epoch = f"{data['steps_per_epoch']} steps" if data["steps_per_epoch"] else "one pass over the data"
     lines.append(f"plan: stage two (GAN): {sized}{rest}. Each stage prints its speed and an estimate after its "
-                 f"first epoch of {data['steps_per_epoch'] or 'one pass of'} steps.")
+                 f"first epoch ({epoch}).")
     return lines
 
 
@@ -384,6 +386,11 @@ def run(config, device, log=print):
     check_dataset_matches(info, config, dataset_dir)
     resume_epoch = resolve_resume(config)
     barrier()  # every rank has looked at the folder before rank 0 writes to it
+    if resume_epoch is not None and latent and config["discriminator"]["motion"]:
+        saved = load_checkpoint(checkpoint_path(out["checkpoint_folder"], "discriminator", resume_epoch), mmap=True)
+        if "motion" not in (saved["config"].get("discriminator") or {}):
+            log("resuming a run trained before discriminator.motion existed: it goes on without the motion critic")
+            config = {**config, "discriminator": {**config["discriminator"], "motion": False}}
 
     previous = folder_config_precision(config) if resume_epoch is not None or resuming_vae(config) else None
     precision = from_main(resolve_precision(config, device, previous, log))  # one decision for every rank
@@ -453,15 +460,17 @@ def run(config, device, log=print):
                 scaler.load_state_dict(state["scaler_state_dict"])
         restore_own_rng_states(g_state)
         history = g_state["metrics"]
-        gan_state = dict(step=g_state.get("step", 0), r1_weight=g_state.get("r1_weight"))
+        gan_state = dict(step=g_state.get("step", 0), r1_weight=g_state.get("r1_weight"),
+                         augment_p=g_state.get("augment_p"))
         start_epoch = resume_epoch + 1
         log(f"resumed from epoch {resume_epoch}" + (" (saved partway through that epoch)" if g_state["partial"] else ""))
 
     gan = GANRun(generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, ema=ema,
                  val_audio=val_audio, scaler_g=scaler_g, scaler_d=scaler_d, autocast=autocast, stft=stft,
                  sample_rate=info["sample_rate"], log=log, **gan_state)
-    if t["epochs"] is None:  # sized in updates (training.steps): epochs of gan.iterations() updates each
-        t["epochs"] = math.ceil(t["steps"] / gan.iterations()) if t["steps"] else 0
+    if t["epochs"] is None:  # sized in updates (training.steps), whole epochs of gan.iterations() updates each,
+        # counted on from a resumed run's epoch and step (its epochs may have been of another size)
+        t["epochs"] = start_epoch - 1 + math.ceil(max(t["steps"] - gan.step, 0) / gan.iterations())
     log(f"stage two (GAN): {t['epochs']} epochs of {gan.iterations()} updates")
     if resume_epoch is None:
         if latent:
@@ -493,7 +502,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
-                        help="override one config key, for example --set training.epochs=5 (repeatable). A bare key "
+                        help="override one config key, for example --set training.steps=500 (repeatable). A bare key "
                              "(--set r1_weight=2) works when one section has it; an ambiguous one lists the sections")
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:1 or cpu (default: cuda when available, else cpu)")

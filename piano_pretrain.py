@@ -139,8 +139,12 @@ def endless_batches(loader, epoch):
     """The loader's batches for one epoch of any length: pass after pass, each reshuffled (its own sampler epoch,
     so a resumed run draws the same). An epoch is a number of steps, not a pass: the collection's size does not
     change how far a stage trains."""
+    if len(loader) == 0:
+        raise TrainingStopped(f"stage one has no whole batch to train on: each process holds "
+                              f"{len(loader.sampler)} training chunks, fewer than data.batch_size "
+                              f"({loader.batch_size}). Lower data.batch_size, use fewer processes, or add music.")
     for rerun in range(1_000_000):
-        loader.sampler.set_epoch(epoch * 1000 + rerun)
+        loader.sampler.set_epoch(epoch + 1_000_003 * rerun)  # the first pass is the epoch's own shuffle
         yield from loader
 
 
@@ -199,11 +203,12 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
                  board=None):
     """Stage one: vae.epochs of reconstruction, then vae.adversarial_epochs of decoder fine-tuning.
 
-    Epochs are numbered through both phases (1 .. epochs + adversarial_epochs), so start_epoch resumes either.
+    Stage one is sized in steps: vae.steps of reconstruction (or vae.epochs of data.steps_per_epoch from an older
+    config), then vae.adversarial_epochs. Epochs are numbered through both phases, so start_epoch resumes either.
     train_data and val_data are AudioDatasets with normalization="peak". save(epoch, history, step, partial)
     is called after every epoch and on Ctrl-C. board (a piano_train.TensorBoard) gets every step's terms and
-    every epoch's means. Returns (history, step, status): "done", "interrupted" or
-    "out of time".
+    every epoch's means. Returns (history, step, status): "done", "interrupted", "out of time" or "plateau"
+    (the validation distance stopped improving: vae.patience).
     """
     v, t = config["vae"], config["training"]
     autocast = autocast or nullcontext
@@ -255,19 +260,30 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     steps_per_epoch = config["data"]["steps_per_epoch"] or len(loader)
     # Sized in steps (vae.steps) or, from an older config, in epochs (vae.epochs): the reconstruction phase ends
     # at recon_steps exactly, then vae.adversarial_epochs of fine-tuning follow.
-    recon_epochs, recon_steps = vae_schedule(v, steps_per_epoch)
-    total = recon_epochs + v["adversarial_epochs"]
+    recon_steps = vae_schedule(v, steps_per_epoch)[1]
     total_steps = recon_steps + v["adversarial_epochs"] * steps_per_epoch
+    adversarial_done = sum(row.get("phase") == "adversarial" for row in history)
+
+    def phase_after(step, adversarial_done):
+        """The phase the next epoch trains, or None when stage one is complete. The reconstruction phase runs to
+        its step count exactly, however its epochs were cut (a Ctrl-C, another data.steps_per_epoch)."""
+        if step < recon_steps:
+            return "vae"
+        return "adversarial" if adversarial_done < v["adversarial_epochs"] else None
+    total = (start_epoch - 1 + math.ceil(max(recon_steps - step, 0) / steps_per_epoch)
+             + v["adversarial_epochs"] - adversarial_done)  # for the progress bar
     run_started, run_first_step = clock(), step
     # The decay follows the epochs or the time budget, whichever is further along. A resumed run's budget starts
     # afresh, so its time share goes on from where the schedule stood (the last epoch's row) to 1 over it.
     started, resumed_at = clock(), (history[-1].get("vae/schedule", 0.0) if history else 0.0)
-    progress = resumed_at
+    progress = resumed_at if deadline is not None else 0.0  # without a budget the steps alone set the schedule
 
     def time_share():
         return resumed_at + (1 - resumed_at) * (clock() - started) / max(deadline - started, 1e-9)
-    for epoch in range(start_epoch, total + 1):
-        phase = "vae" if epoch <= recon_epochs else "adversarial"
+    finish = None  # (from step, from progress, to step) once a plateau is found: the rate decays, then it stops
+    epoch = start_epoch - 1
+    while (phase := phase_after(step, adversarial_done)) is not None:
+        epoch += 1
         epoch_steps = min(steps_per_epoch, recon_steps - step) if phase == "vae" else steps_per_epoch
         if phase == "adversarial":
             vae.encoder.requires_grad_(False)  # RAVE's phase 2: the latent space stays as it is
@@ -278,6 +294,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         try:
             for _, (target, _, _) in zip(range(epoch_steps), endless_batches(loader, epoch)):
                 progress = max(progress, step / max(total_steps, 1))
+                if finish is not None:  # a plateau: the rest of the cosine over the last vae.patience epochs
+                    progress = max(progress, finish[1] + (1 - finish[1]) * (step + 1 - finish[0]) / (finish[2] - finish[0]))
                 factor = learning_rate_factor(progress, v["lr_decay"])
                 for group in optim.param_groups:
                     group["lr"] = v["learning_rate"] * factor
@@ -320,6 +338,8 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
         row["seconds"] = round(seconds, 2)
         row["audio_seconds_per_second"] = round(count * seconds_per_batch / seconds, 1)
         history.append(row)
+        adversarial_done += phase == "adversarial"
+        more = phase_after(step, adversarial_done) is not None
         board.epoch(row, step)
         if save:
             save(epoch, history, step, partial=False)
@@ -328,16 +348,20 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
             + (f"KL {row['vae/kl']:.3f} x {row['vae/kl_weight']:.2g}  " if "vae/kl" in row else "")
             + (f"D {row['adv/d']:.3f} G {row['adv/g']:.3f}  " if "adv/d" in row else "")
             + f"{row['audio_seconds_per_second']:.0f} audio-s/s  {seconds:.1f}s")
-        if epoch == start_epoch and epoch < total:
+        if epoch == start_epoch and more:
             log(estimate_line("stage one (VAE)", (clock() - run_started) / max(step - run_first_step, 1), step,
                               total_steps, deadline, clock()))
-        if any_rank(deadline is not None and clock() >= deadline) and epoch < total:  # all ranks alike
+        if any_rank(deadline is not None and clock() >= deadline) and more:  # all ranks alike
             log(f"stage one's time budget used up after epoch {epoch} (step {step})")
             return history, step, "out of time"
-        if (phase == "vae" and not v["adversarial_epochs"] and epoch < total
-                and any_rank(is_main() and plateaued(history, v["patience"], v["min_improvement"]))):
-            log(f"stage one stops after epoch {epoch} (step {step}): its validation distance has not improved by "
-                f"{100 * v['min_improvement']:g} % in {v['patience']} epochs (vae.patience)")
+        if finish is not None and step >= finish[2] and more:
+            log(f"stage one stops after epoch {epoch} (step {step}), its learning rate decayed after the plateau")
             return history, step, "plateau"
+        if (finish is None and phase == "vae" and not v["adversarial_epochs"] and more
+                and any_rank(is_main() and plateaued(history, v["patience"], v["min_improvement"]))):
+            finish = (step, progress, step + v["patience"] * steps_per_epoch)
+            log(f"stage one's validation distance has not improved by {100 * v['min_improvement']:g} % in "
+                f"{v['patience']} epochs (vae.patience): its learning rate now decays to vae.lr_decay over "
+                f"{v['patience']} more epochs, then stage one stops")
     vae.encoder.requires_grad_(True)
     return history, step, "done"

@@ -123,9 +123,39 @@ def train_step(generator, discriminator, optim_g, optim_d, targets, *, weights, 
     return result
 
 
+ADA_MAX = 0.8  # the adaptive augmentation's highest probability
+ADA_RATE = 0.002  # how far the probability moves per update (0 to ADA_MAX in 400 updates)
+
+
+def augment_latents(z, p):
+    """Latent windows (B, frames, D) as D sees them under adaptive augmentation (Karras et al., ADA; DiffAugment):
+    each window, with probability p for each of four transforms, shifted in time (circularly, up to an eighth of
+    the window), scaled (gain 1 + 0.25 N), moved per channel (+0.25 N) and given frame noise (+0.1 N).
+    Differentiable, and applied alike to real and fake windows, so D cannot learn the transforms as 'real': it
+    must judge what remains. The draws come from torch's global stream. p = 0 returns z itself."""
+    if p <= 0:
+        return z
+    batch, frames, channels = z.shape
+
+    def chosen():
+        return (torch.rand(batch, 1, 1, device=z.device) < p).to(z.dtype)
+    shift = torch.randint(-(frames // 8), frames // 8 + 1, (batch, 1), device=z.device)
+    index = (torch.arange(frames, device=z.device) - shift) % frames  # (B, frames)
+    z = torch.lerp(z, torch.gather(z, 1, index[..., None].expand(batch, frames, channels)), chosen())
+    z = z * (1 + chosen() * 0.25 * torch.randn(batch, 1, 1, device=z.device, dtype=z.dtype))
+    z = z + chosen() * 0.25 * torch.randn(batch, 1, channels, device=z.device, dtype=z.dtype)
+    return z + chosen() * 0.1 * torch.randn_like(z)
+
+
+def adapt_augmentation(p, accuracy_real, target):
+    """ADA's controller: raise p while D calls more than `target` of the real training windows real (its sign of
+    overfitting), lower it otherwise; kept within [0, ADA_MAX]."""
+    return min(ADA_MAX, max(0.0, p + (ADA_RATE if accuracy_real > target else -ADA_RATE)))
+
+
 def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind="hinge", r1_weight=1.0,
                       feature_matching=0.0, smoothing=0.0, autocast=None, grad_clip=0.0, scaler_g=None, scaler_d=None,
-                      update_generator=True):
+                      update_generator=True, augment_p=0.0):
     """One GAN iteration on latent windows (B, frames, latent_dim), in HiFi-GAN's order: the fakes, D's update
     on them detached (with R1 on the real windows), then G's update against the updated D.
 
@@ -139,7 +169,8 @@ def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind=
     real = real.detach().requires_grad_(r1_weight > 0)
     with autocast():
         fake_audio = generator.decode(fake) if audio_d is not None else None
-        real_logits, fake_logits = discriminator(real), discriminator(fake.detach())
+        real_logits = discriminator(augment_latents(real, augment_p))
+        fake_logits = discriminator(augment_latents(fake.detach(), augment_p))
         d_adv = discriminator_adversarial_loss(real_logits, fake_logits, kind, smoothing)
         if audio_d is not None:
             with torch.no_grad():
@@ -159,7 +190,7 @@ def latent_train_step(generator, discriminator, optim_g, optim_d, real, *, kind=
     skipped_g = False
     if update_generator:  # D's weights get gradients here too; its next zero_grad drops them
         with autocast():
-            fake_logits, fake_features = discriminator(fake, return_features=True)
+            fake_logits, fake_features = discriminator(augment_latents(fake, augment_p), return_features=True)
             g_total = logs["g/adversarial"] = generator_adversarial_loss(fake_logits, kind)
             if feature_matching:
                 with torch.no_grad():
@@ -645,7 +676,7 @@ class GANRun:
 
     def __init__(self, generator, discriminator, optim_g, optim_d, train_data, val_data, config, device, *,
                  ema=None, val_audio=None, scaler_g=None, scaler_d=None, autocast=None, stft=None,
-                 sample_rate=12000, log=print, step=0, r1_weight=None, board=None):
+                 sample_rate=12000, log=print, step=0, r1_weight=None, augment_p=None, board=None):
         self.generator, self.discriminator, self.optim_g, self.optim_d = generator, discriminator, optim_g, optim_d
         self.train_data, self.val_data, self.val_audio = train_data, val_data, val_audio
         self.config, self.device, self.ema = config, device, ema
@@ -655,6 +686,7 @@ class GANRun:
         t = config["training"]
         self.latent = config["model"]["architecture"] == "latent"
         self.r1_weight = t["r1_weight"] if r1_weight is None else r1_weight
+        self.augment_p = augment_p or 0.0  # ADA's probability (training.ada_target), carried by checkpoints
         self.folder = Path(config["output"]["checkpoint_folder"])
         self._loader = None  # the seed's chunk loader, made on first use
 
@@ -704,9 +736,13 @@ class GANRun:
                                  kind=t["adversarial_loss"], r1_weight=self.r1_weight,
                                  feature_matching=w["feature_matching"], smoothing=t["smoothing"],
                                  autocast=self.autocast, grad_clip=t["grad_clip"], scaler_g=self.scaler_g,
-                                 scaler_d=self.scaler_d, update_generator=update_generator)
+                                 scaler_d=self.scaler_d, update_generator=update_generator,
+                                 augment_p=self.augment_p)
         logs = mean_over_ranks(logs)  # the global batch's figures: every rank adapts R1 alike
         logs["r1_weight"] = self.r1_weight
+        if t["ada_target"]:
+            logs["d/augment_p"] = self.augment_p
+            self.augment_p = adapt_augmentation(self.augment_p, logs["d/accuracy_real"], t["ada_target"])
         if t["r1_adaptive"]:
             accuracy = (logs["d/accuracy_real"] + logs["d/accuracy_fake"]) / 2
             self.r1_weight = adapt_r1(self.r1_weight, accuracy, t["r1_weight"])
@@ -736,7 +772,8 @@ class GANRun:
 
     def save(self, epoch, history, partial=False):
         """Both checkpoints, written by rank 0; every rank calls it (it gathers each rank's random state)."""
-        extra = dict(step=self.step, r1_weight=self.r1_weight, **every_rank_rng_states(gather=not partial))
+        extra = dict(step=self.step, r1_weight=self.r1_weight, augment_p=self.augment_p,
+                     **every_rank_rng_states(gather=not partial))
         if not is_main():
             return
         for kind, model, optimizer, scaler in (("generator", self.generator, self.optim_g, self.scaler_g),

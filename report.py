@@ -300,7 +300,10 @@ def write_report(folder):
              f'<p class="muted">Report written {_e(time.strftime("%Y-%m-%d %H:%M"))} from {_e(folder.name)}/. '
              f"Every picture and recording is a file beside this page.</p>"]
     model = config.get("model") or {}
-    total = (config.get("training") or {}).get("epochs")
+    training, data = config.get("training") or {}, config.get("data") or {}
+    total = training.get("epochs")
+    if total is None and training.get("steps") and data.get("steps_per_epoch"):  # sized in updates
+        total = -(-training["steps"] // data["steps_per_epoch"])
     if history:
         last = history[-1]
         parts.append(f"<p>Stage two ({_e(model.get('architecture', 'latent'))} GAN): epoch {_e(_fmt(last['epoch']))}"

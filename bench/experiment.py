@@ -39,7 +39,7 @@ SEED_SIZE = [
 ]
 # The latent GAN, CPU-sized: a VAE trained for a third of the budget, then a small transformer generator.
 LATENT_SIZE = [
-    "vae.epochs=100000", "vae.time_budget_minutes=12", "data.steps_per_epoch=50", "training.eval_every=10",
+    "vae.epochs=100000", "vae.patience=0", "vae.time_budget_minutes=12", "data.steps_per_epoch=50", "training.eval_every=10",
     "model.latent_seq_len=64", "model.latent_dim=128", "model.num_heads=4", "model.num_layers=3", "model.context=8",
     "model.noise_dim=32", "model.style_dim=32", "training.gan_batch_size=32", "discriminator.n_channels=128",
 ]

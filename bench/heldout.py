@@ -10,8 +10,10 @@ tool that compares two folders of clips):
 - lowpass/          the originals low-passed at 1 kHz (a rung of the ladder: dull but real music)
 - generated/        --count clips from the generator (generate.py --epoch EPOCH), unranked
 
-and prints, as JSON on its last line, the figures issue 18 asks of a default run:
-- loudness: each song's RMS level, reconstruction against original (dB; target within 1 dB);
+and spectrograms.png (a row each of originals, reconstructions and generated clips), and prints, as JSON on its
+last line, the figures issue 18 asks of a default run:
+- loudness: each song's RMS level, reconstruction against original (dB; target within 1 dB; generate.py scales the
+  reconstruction to its input's RMS, so this checks that path end to end);
 - lines: the level-matched average spectra of reconstructions against originals, bin by bin above 100 Hz. A
   bin's "line" is how far it stands above the median of its neighbours (+-94 Hz); an invented line is a bin whose
   line in the reconstructions exceeds the originals' line at that bin (the originals' own ripple) by over 3 dB.
@@ -91,6 +93,67 @@ def invented_lines(originals, reconstructions, rate, min_hz=100.0, limit_db=3.0)
             "level_gap_rms_db": round(float(np.sqrt((difference[above] ** 2).mean())), 2)}
 
 
+def latent_motion(z, frames_per_second):
+    """How standardized latents (N, frames, D) move: per channel, the mean |change| over 1 frame and over ~0.7 s,
+    and the spread of 1 s block means (motion over seconds); each the median over channels, mean over pieces."""
+    lag = max(1, round(0.7 * frames_per_second))
+    block = max(1, round(frames_per_second))
+    usable = z.shape[1] // block * block
+    blocks = z[:, :usable].unflatten(1, (-1, block)).mean(dim=2)  # (N, blocks, D)
+    return {"step_1_frame": round(float((z[:, 1:] - z[:, :-1]).abs().mean(1).median(-1).values.mean()), 3),
+            "step_0_7_s": round(float((z[:, lag:] - z[:, :-lag]).abs().mean(1).median(-1).values.mean()), 3),
+            "block_means_std": round(float(blocks.std(1).median(-1).values.mean()), 3)}
+
+
+def latent_motions(run, epoch, originals, rate, clip_seconds, count=32):
+    """latent_motion of the generator's latents (EMA weights) beside those of the held-out originals, encoded by
+    the same VAE and standardized alike: the GAN's own figure, free of the decoder."""
+    import torch
+
+    from utilities import load_generator
+
+    generator, _, _ = load_generator(run, epoch, "cpu", log=lambda *_: None)
+    vae = generator.vae
+    fps = rate / vae.frame_samples
+    frames = int(clip_seconds * fps)
+    with torch.inference_mode():
+        fake = generator.latents(generator.sample_noise(count, frames=frames, generator=torch.Generator().manual_seed(0)))
+        real, raw_level = [], []
+        for clip in originals:
+            x = torch.from_numpy(clip[:, :frames * vae.frame_samples])[None]
+            x = x / x.abs().max().clamp_min(1e-9)
+            mu, _ = vae.encoder(x)
+            real.append((mu[0] - generator.latent_mean) / generator.latent_std)
+            raw_level.append(rms_db(vae.decoder(mu).numpy()) - rms_db(x.numpy()))  # before the level match
+    return {"generated": latent_motion(fake.float(), fps), "originals": latent_motion(torch.stack(real).float(), fps),
+            "decoder_level_db_before_matching": round(float(np.median(raw_level)), 2)}
+
+
+def spectrogram_grid(sets, rate, path, per_row=4):
+    """A PNG: one row per set ({name: clips}), its first `per_row` clips as log-mel spectrograms."""
+    import librosa
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(sets), per_row, figsize=(3.2 * per_row, 2.2 * len(sets)), squeeze=False)
+    for row, (name, clips) in enumerate(sets.items()):
+        picks = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, per_row).round()] if clips else []
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if col < len(picks):
+                mel = librosa.feature.melspectrogram(y=picks[col].mean(axis=0), sr=rate, n_fft=1024, hop_length=256,
+                                                     n_mels=64)
+                ax.imshow(librosa.power_to_db(mel, ref=np.max, top_db=80), origin="lower", aspect="auto",
+                          cmap="magma")
+            if col == 0:
+                ax.set_ylabel(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def median_motion(clips, rate):
     return round(float(np.median([spectral_motion_db(c, rate) for c in clips])), 2)
 
@@ -138,7 +201,10 @@ def main(argv=None):
                       "generated": median_motion(generated, rate)},
         "diversity_db": {name: round(diversity(clips, rate)["spectrum_db"], 2)
                          for name, clips in (("originals", originals), ("generated", generated))},
+        "latent_motion": latent_motions(args.run, args.epoch, originals, rate, args.clip_seconds),
     }
+    spectrogram_grid({"original": originals, "reconstruction": reconstructions, "generated": generated}, rate,
+                     out / "spectrograms.png")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
 

@@ -55,8 +55,8 @@ def train(processes, config, folder, device, epochs, threads):
     # per process: the VAE's audio-s/s, and the GAN's iterations (GANRun.iterations) of gan_batch_size windows
     vae = [float(r["audio_seconds_per_second"]) * processes for r in read_rows(folder / "ck" / "vae_metrics.csv")[1:]]
     batch = preset["training"]["gan_batch_size"]
-    iterations = max(1, 2 * pairs // (processes * batch))
-    iterations = min(iterations, preset["data"]["steps_per_epoch"] or iterations)
+    # GANRun.iterations: data.steps_per_epoch updates, or without it the training set's size in global batches
+    iterations = preset["data"]["steps_per_epoch"] or max(1, 2 * pairs // (processes * batch))
     windows = [iterations * batch * processes / float(r["seconds"]) for r in read_rows(folder / "ck" / "metrics.csv")[1:]]
     return statistics.median(vae), statistics.median(windows)
 

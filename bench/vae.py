@@ -256,7 +256,7 @@ def main():
         subprocess.run(["rm", "-rf", str(folder)], check=True)
     overrides = [f"data.dataset_dir={work / 'dataset'}", f"output.checkpoint_folder={folder}",
                  f"output.music_out_folder={folder / 'samples'}", "data.sample_rate=12000", "data.num_workers=0",
-                 "data.steps_per_epoch=50", "vae.epochs=100000", f"vae.time_budget_minutes={args.minutes}",
+                 "data.steps_per_epoch=50", "vae.epochs=100000", "vae.patience=0", f"vae.time_budget_minutes={args.minutes}",
                  "training.epochs=0", "training.pretrain_discriminator_epochs=0", *args.set]
     run([sys.executable, "piano_main.py", "--device", args.device, *[a for o in overrides for a in ("--set", o)]], log)
     result = measure(work, folder, music, info, log)

@@ -65,12 +65,15 @@ def test_stage_one_stops_early_when_its_validation_distance_plateaus(monkeypatch
     assert not plateaued([{"val/stft": 2.0}] * 3, patience=3, min_improvement=0.01)  # too few epochs to judge
     assert not plateaued([{"val/stft": 2.0}] * 9, patience=0, min_improvement=0.01)  # patience 0 is off
 
-    # A real training run whose validation distance stops falling after epoch 2 ends at epoch 2 + patience.
+    # A real training run whose validation distance stops falling after epoch 2 finds the plateau at epoch
+    # 2 + patience; its learning rate then falls to vae.lr_decay over `patience` more epochs, and it stops.
     figures = iter([4.0, 3.0] + [2.99] * 100)
     monkeypatch.setattr(piano_pretrain, "validate_vae", lambda *a, **k: {"val/stft": next(figures)})
-    config = small_config(steps=10_000, patience=3, min_improvement=0.01)
+    config = small_config(steps=10_000, patience=3, min_improvement=0.01, lr_decay=0.1)
     history, step, status = train(config, chunks(4), val=chunks(2))
-    assert status == "plateau" and len(history) == 2 + 3 and step == 5 * 2
+    assert status == "plateau" and len(history) == 2 + 3 + 3 and step == 8 * 2
+    rates = [row["vae/learning_rate"] for row in history]
+    assert rates[4] > 0.9e-3 and rates[-1] < 0.15e-3 and rates[4:] == sorted(rates[4:], reverse=True)
     # With vae.patience: 0 it trains on (here to its steps).
     figures = iter([4.0, 3.0] + [2.99] * 100)
     config = small_config(steps=16, patience=0)

@@ -245,3 +245,44 @@ def test_validation_judges_real_windows_in_training_shaped_batches():
     assert not torch.equal(held_out[0], held_out[1])
     assert set(first) == {"val/d_accuracy_real", "val/d_accuracy_fake", "val/d_accuracy_train_real"}
     assert validate() == first  # the same windows and noise every epoch
+
+
+def test_the_motion_critic_and_augmentation_take_a_step_with_finite_r1_even_on_still_windows():
+    """discriminator.motion and training.ada_target: a step of each is finite, with R1 on real windows that do
+    not move at all in some channels (torch.std's second derivative is NaN there; the critic's spread is not)."""
+    config = tiny(discriminator={"motion": True})
+    generator, disc, optim_g, optim_d = models(config)
+    assert disc.motion is not None
+    real = torch.randn(4, 12, 8)
+    real[:2, :, :3] = 0.5  # still channels
+    motion_before = [p.detach().clone() for p in disc.motion.parameters()]
+    logs = piano_train.latent_train_step(generator, disc, optim_g, optim_d, real, r1_weight=1.0, augment_p=0.5)
+    assert all(math.isfinite(v) for v in logs.values()) and logs["skipped/d"] == 0 and logs["d/r1"] > 0
+    assert all(torch.isfinite(p).all() for p in disc.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(motion_before, disc.motion.parameters()))  # it learned
+    # The critic sees movement: a window and the same window frozen in time score apart.
+    still = real[:1].mean(dim=1, keepdim=True).expand(1, 12, 8)
+    stats = disc.motion.statistics
+    assert float((stats(real[2:3]) - stats(still)).abs().max()) > 1
+
+
+def test_adaptive_augmentation_transforms_real_and_fake_alike_and_follows_ds_overconfidence():
+    z = torch.randn(64, 16, 8, requires_grad=True)
+    assert piano_train.augment_latents(z, 0.0) is z
+    torch.manual_seed(0)
+    changed = (piano_train.augment_latents(z, 0.5) != z).flatten(1).any(1).float().mean()
+    assert 0.7 < float(changed) < 1.0  # each window has four chances of one half to be transformed
+    torch.manual_seed(1)
+    a = piano_train.augment_latents(z, 1.0)
+    torch.manual_seed(1)
+    b = piano_train.augment_latents(z.detach().clone(), 1.0)
+    assert torch.equal(a.detach(), b)  # the same draws whatever the windows are: no cue for D in the transform
+    assert torch.autograd.grad(a.sum(), z)[0].abs().sum() > 0  # G and R1 see through it
+    p = 0.0
+    for _ in range(1000):
+        p = piano_train.adapt_augmentation(p, accuracy_real=0.9, target=0.6)
+    assert p == piano_train.ADA_MAX
+    for _ in range(10):
+        p = piano_train.adapt_augmentation(p, accuracy_real=0.3, target=0.6)
+    assert p == pytest.approx(piano_train.ADA_MAX - 10 * piano_train.ADA_RATE)
+    assert piano_train.adapt_augmentation(0.0, 0.1, 0.6) == 0.0

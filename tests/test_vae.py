@@ -420,12 +420,15 @@ def test_ctrl_c_in_stage_one_saves_and_resumes(tmp_path, dataset, monkeypatch, c
 
     real = piano_pretrain.make_loader
 
-    def interrupted(*args, **kwargs):  # the second epoch is cut off by Ctrl-C after one batch
+    fired = []
+
+    def interrupted(*args, **kwargs):  # the second epoch of the first run is cut off by Ctrl-C after one batch
         loader = real(*args, **kwargs)
 
         class CutOff:
             epochs = 0
             sampler = loader.sampler
+            batch_size = loader.batch_size
 
             def __len__(self):
                 return len(loader)
@@ -433,7 +436,8 @@ def test_ctrl_c_in_stage_one_saves_and_resumes(tmp_path, dataset, monkeypatch, c
             def __iter__(self):
                 CutOff.epochs += 1
                 for i, batch in enumerate(loader):
-                    if CutOff.epochs == 2 and i == 1:
+                    if CutOff.epochs == 2 and i == 1 and not fired:
+                        fired.append(True)
                         raise KeyboardInterrupt
                     yield batch
         return CutOff()
@@ -449,5 +453,8 @@ def test_ctrl_c_in_stage_one_saves_and_resumes(tmp_path, dataset, monkeypatch, c
     assert piano_main.main(["--config", str(config), "--set", "output.resume_from_checkpoint=latest"]) == 0
     assert "resuming the VAE after epoch 2" in capsys.readouterr().out
     state = load_checkpoint(ck / "vae.pt")
-    assert state["epoch"] == 3 and state["complete"] and [r["epoch"] for r in state["metrics"]] == [1, 3]
+    # The one step of epoch 2 counts: stage one trains on to exactly 3 epochs' steps, in epochs 3 and 4.
+    steps = state["metrics"][0]["step"]  # one pass
+    assert state["complete"] and state["step"] == 3 * steps
+    assert [r["epoch"] for r in state["metrics"]] == [1, 3, 4] and state["metrics"][1]["step"] == 2 * steps + 1
     assert (ck / "latents" / "latents.json").exists()
