@@ -155,20 +155,27 @@ def tonal_lines_db(clips, sample_rate, min_hz=100.0, n_fft=1024, neighbours=8):
     a spectral decoder predicting absolute phase 12.7 dB, the spectral VAE's untrained decoder 1.7 dB; 32 clips
     of asc-music 6.9 dB. Music with sustained notes in one key scores high too (12 hyperrogue tracks: 15 dB),
     so a trained decoder is compared with the songs it learned from."""
+    freqs, _, height = line_profile(clips, sample_rate, n_fft, neighbours)
+    excess = np.where(freqs >= min_hz, height, -np.inf)
+    peak = int(np.argmax(excess))
+    return float(excess[peak]), float(freqs[peak])
+
+
+def line_profile(clips, sample_rate, n_fft=1024, neighbours=8):
+    """(freqs, level, height), each (bins,): the clips' average spectrum (Welch, n_fft; each clip normalized to
+    the same power, loud or quiet) in dB, and how far each bin stands above the median of its `neighbours` on
+    each side (dB): what tonal_lines_db reads its strongest line from."""
     from scipy import signal
 
     spectra = []
     for clip in clips:
         mono = _mono(clip, np.float64)
         freqs, power = signal.welch(mono, fs=sample_rate, nperseg=min(n_fft, len(mono)))
-        spectra.append(power / max(power.sum(), 1e-30))  # each clip counts the same, loud or quiet
+        spectra.append(power / max(power.sum(), 1e-30))
     level = 10 * np.log10(np.mean(spectra, axis=0) + 1e-30)
     padded = np.pad(level, neighbours, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * neighbours + 1)  # (bins, 2n + 1)
-    around = np.median(np.delete(windows, neighbours, axis=1), axis=1)
-    excess = np.where(freqs >= min_hz, level - around, -np.inf)
-    peak = int(np.argmax(excess))
-    return float(excess[peak]), float(freqs[peak])
+    return freqs, level, level - np.median(np.delete(windows, neighbours, axis=1), axis=1)
 
 
 def join_report(audio, joins, sample_rate):

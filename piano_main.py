@@ -209,8 +209,7 @@ def stage_one(config, device, info, autocast, deadline, gan_started=False, log=p
         log(f"stage one: reusing the VAE at {v['checkpoint']} (copied to {path})")
     barrier()
     state = read_vae_checkpoint(path, config) if path.exists() else None
-    steps_per_epoch = config["data"]["steps_per_epoch"] or vae_batches_per_pass(config, info)
-    total_steps = vae_schedule(v, steps_per_epoch)[1] + v["adversarial_epochs"] * steps_per_epoch
+    total_steps = vae_schedule(v, vae_steps_per_epoch(config, info))[1]
     more_steps = (state is not None and not gan_started and state.get("stop_reason") == "done"
                   and state.get("step", 0) < total_steps)  # vae.steps was raised before the GAN stage began
     trained = state is None or not state.get("complete") or more_steps
@@ -323,10 +322,11 @@ def stage_one_deadline(config, deadline, now):
     return own if deadline is None else min(own, deadline)
 
 
-def vae_batches_per_pass(config, info):
-    """Stage one's batches in one pass over the training set (each rank's share)."""
+def vae_steps_per_epoch(config, info):
+    """Stage one's steps per epoch, as pretrain_vae takes them: data.steps_per_epoch, or with 0 one pass over the
+    training set (each rank's share of the chunks, in whole batches)."""
     chunks = 2 * info["pairs"]["training"]
-    return max(1, chunks // (world_size() * config["data"]["batch_size"]))
+    return config["data"]["steps_per_epoch"] or max(1, chunks // (world_size() * config["data"]["batch_size"]))
 
 
 def plan_lines(config, info, folder):
@@ -339,7 +339,7 @@ def plan_lines(config, info, folder):
     elif v["enabled"] and (Path(folder) / VAE_FILE).exists():
         lines.append(f"plan: stage one (VAE): {Path(folder) / VAE_FILE} is there: reused if complete, else trained on")
     if v["enabled"] and not v["checkpoint"]:
-        epochs, steps = vae_schedule(v, data["steps_per_epoch"] or vae_batches_per_pass(config, info))
+        steps = vae_schedule(v, vae_steps_per_epoch(config, info))[0]
         sized = f"vae.epochs {v['epochs']}: {steps} steps" if v["epochs"] is not None else f"{steps} steps (vae.steps)"
         limit = (f"; or {v['time_budget_minutes']:g} minutes (vae.time_budget_minutes)" if v["time_budget_minutes"] else
                  f"; or {v['budget_share'] * budget:g} of the {budget:g} minutes (vae.budget_share {v['budget_share']:g})"

@@ -107,11 +107,10 @@ def pretrain_discriminator(discriminator, generator, optim_d, train_data, config
 
 
 def vae_schedule(v, steps_per_epoch):
-    """(reconstruction epochs, reconstruction steps) of stage one, from config["vae"]: vae.steps, or vae.epochs
-    of steps_per_epoch from an older config."""
-    if v["epochs"] is not None:
-        return v["epochs"], v["epochs"] * steps_per_epoch
-    return math.ceil(v["steps"] / steps_per_epoch), v["steps"]
+    """(reconstruction steps, all steps) of stage one, from config["vae"]: vae.steps (or vae.epochs of
+    steps_per_epoch, from an older config), then vae.adversarial_epochs of steps_per_epoch."""
+    recon_steps = v["steps"] if v["epochs"] is None else v["epochs"] * steps_per_epoch
+    return recon_steps, recon_steps + v["adversarial_epochs"] * steps_per_epoch
 
 
 def kl_weight_at(step, weight, warmup_steps):
@@ -260,8 +259,7 @@ def pretrain_vae(vae, optim, train_data, val_data, config, device, *, autocast=N
     steps_per_epoch = config["data"]["steps_per_epoch"] or len(loader)
     # Sized in steps (vae.steps) or, from an older config, in epochs (vae.epochs): the reconstruction phase ends
     # at recon_steps exactly, then vae.adversarial_epochs of fine-tuning follow.
-    recon_steps = vae_schedule(v, steps_per_epoch)[1]
-    total_steps = recon_steps + v["adversarial_epochs"] * steps_per_epoch
+    recon_steps, total_steps = vae_schedule(v, steps_per_epoch)
     adversarial_done = sum(row.get("phase") == "adversarial" for row in history)
 
     def phase_after(step, adversarial_done):

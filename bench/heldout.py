@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluate import diversity, spectral_motion_db  # noqa: E402
+from evaluate import diversity, line_profile, spectral_motion_db  # noqa: E402
 
 
 def read(path):
@@ -64,19 +64,6 @@ def low_pass(audio, rate, hz=1000.0):
 
 def rms_db(audio):
     return float(10 * np.log10(np.mean(np.asarray(audio, np.float64) ** 2) + 1e-20))
-
-
-def line_profile(clips, rate, n_fft=1024, neighbours=8):
-    """(freqs, level dB of the level-matched average spectrum, each bin's height above its neighbours' median)."""
-    from scipy import signal
-
-    spectra = []
-    for clip in clips:
-        freqs, power = signal.welch(clip.mean(axis=0).astype(np.float64), fs=rate, nperseg=n_fft)
-        spectra.append(power / max(power.sum(), 1e-30))
-    level = 10 * np.log10(np.mean(spectra, axis=0) + 1e-30)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(level, neighbours, mode="edge"), 2 * neighbours + 1)
-    return freqs, level, level - np.median(np.delete(windows, neighbours, axis=1), axis=1)
 
 
 def invented_lines(originals, reconstructions, rate, min_hz=100.0, limit_db=3.0):
